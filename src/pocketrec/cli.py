@@ -1,0 +1,115 @@
+"""The ``pocketrec`` command line.
+
+Every training command reads a config dataclass: defaults, then ``--config FILE.yaml``, then any
+``--section.key=value`` overrides (e.g. ``--encoder.dim=128 --train.epochs=30``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="pocketrec: train a recommender, compress it to a device's memory budget, ship it.")
+console = Console(stderr=True)
+OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def fail(message: str) -> None:
+    """Print a one-line error and exit 2 (no stack trace for user errors)."""
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+def user_errors():
+    """The exception types that mean 'bad input', shown as one line instead of a traceback."""
+    from pocketrec.config import ConfigError
+    from pocketrec.data.errors import DataError
+    from pocketrec.train.checkpoint import CheckpointError
+
+    return (ConfigError, DataError, CheckpointError, FileNotFoundError, ValueError)
+
+
+@app.command(context_settings=OVERRIDES)
+def train(ctx: typer.Context,
+          dataset: str = typer.Option("ml-100k", help="dataset name (see `pocketrec datasets`) or a path"),
+          out: Path = typer.Option(None, help="run folder; default runs/teacher-DATASET"),
+          config: Optional[Path] = typer.Option(None, help="YAML file with encoder:/train: sections"),
+          resume: bool = typer.Option(False, help="continue from OUT/last if it exists"),
+          quiet: bool = typer.Option(False, help="no progress bars")) -> None:
+    """Train a teacher (session encoder + dense item table) and keep its best-on-validation checkpoint.
+
+    Example: pocketrec train --dataset tmall --encoder.dim=128 --train.epochs=30
+    """
+    from pocketrec.config import load_config
+    from pocketrec.data.registry import load_dataset
+    from pocketrec.eval.metrics import format_metrics
+    from pocketrec.train.teacher import TeacherConfig, test_metrics, train_teacher
+
+    try:
+        cfg = load_config(TeacherConfig, config, [*ctx.args, f"dataset={dataset}"])
+        cfg.out = str(out or Path("runs") / f"teacher-{Path(dataset).stem}")
+        if quiet:
+            cfg.train.progress = False
+        data = load_dataset(cfg.dataset)
+        console.print(f"{data.name}: {data.num_items:,} items, {data.train.num_examples:,} training examples")
+        _, result = train_teacher(data, cfg, resume=resume)
+    except user_errors() as err:
+        fail(str(err))
+    console.print(f"best epoch {result.best_epoch + 1}; test {format_metrics(test_metrics(result))}")
+    console.print(f"checkpoint: {Path(cfg.out) / 'best'}")
+
+
+@app.command()
+def evaluate(checkpoint: Path = typer.Argument(..., help="checkpoint folder (e.g. runs/teacher-tmall/best)"),
+             dataset: Optional[str] = typer.Option(None, help="dataset; default: the one it was trained on"),
+             split: str = typer.Option("test", help="valid or test"),
+             as_json: bool = typer.Option(False, "--json", help="print metrics as JSON")) -> None:
+    """Evaluate a checkpoint with full ranking (Recall/MRR/NDCG at 5, 10, 20)."""
+    from pocketrec.data.registry import load_dataset
+    from pocketrec.eval.evaluate import evaluate as run_eval
+    from pocketrec.train.checkpoint import load_checkpoint
+    from pocketrec.train.compat import check_compatible
+
+    try:
+        model, meta = load_checkpoint(checkpoint)
+        data = load_dataset(dataset or meta["dataset"])
+        check_compatible(meta, data, what=str(checkpoint))
+        if split not in ("valid", "test"):
+            raise ValueError(f"--split must be 'valid' or 'test', got {split!r}")
+        metrics = run_eval(model, getattr(data, split), progress=True)
+    except user_errors() as err:
+        fail(str(err))
+    if as_json:
+        print(json.dumps(metrics))
+        return
+    table = Table(title=f"{checkpoint} on {data.name} ({split}, {int(metrics['examples']):,} examples)")
+    table.add_column("K", justify="right")
+    for name in ("Recall", "MRR", "NDCG"):
+        table.add_column(f"{name}@K (%)", justify="right")
+    for k in (5, 10, 20):
+        table.add_row(str(k), *(f"{100 * metrics[f'{m}@{k}']:.2f}" for m in ("recall", "mrr", "ndcg")))
+    Console().print(table)
+
+
+@app.command()
+def datasets() -> None:
+    """List the named datasets and where each was found."""
+    from pocketrec.data.registry import available_datasets
+
+    table = Table(title="datasets")
+    for col in ("name", "protocol", "status"):
+        table.add_column(col)
+    for info in available_datasets():
+        table.add_row(info.name, info.protocol, info.location if info.available else f"[dim]{info.location}[/dim]")
+    Console().print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(sys.argv[1:])

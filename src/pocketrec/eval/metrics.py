@@ -1,0 +1,47 @@
+"""Full-ranking metrics for single-target next-item prediction.
+
+The rank of the target is counted exactly from the scores, with ties broken *against* the target
+(an item with the same score as the target ranks above it), so a constant model scores zero rather
+than everything. Recall@K equals HR@K and P@K in the SR-GNN papers' sense (one target per example).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+DEFAULT_KS = (5, 10, 20)
+
+
+def target_ranks(scores: Tensor, targets: Tensor) -> Tensor:
+    """0-based rank of each target among all columns of ``scores (B, n)``; ties count against it."""
+    target_scores = scores.gather(1, targets.view(-1, 1))
+    return (scores >= target_scores).sum(1) - 1
+
+
+def metric_sums(ranks: Tensor, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
+    """Sums (not means) of Recall/MRR/NDCG@K over a batch of 0-based ranks, for accumulation."""
+    ranks = ranks.to(torch.float64)
+    out: dict[str, float] = {}
+    for k in ks:
+        hit = ranks < k
+        out[f"recall@{k}"] = float(hit.sum())
+        out[f"mrr@{k}"] = float((hit / (ranks + 1)).sum())
+        out[f"ndcg@{k}"] = float((hit / torch.log2(ranks + 2)).sum())
+    return out
+
+
+def metrics_from_ranks(ranks: Tensor | np.ndarray, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
+    """Mean Recall/MRR/NDCG@K (fractions in [0, 1]) of 0-based ranks."""
+    ranks = torch.as_tensor(ranks)
+    if ranks.numel() == 0:
+        raise ValueError("no examples to evaluate")
+    return {name: value / ranks.numel() for name, value in metric_sums(ranks, ks).items()}
+
+
+def format_metrics(metrics: dict[str, float], keys: Iterable[str] = ("recall@20", "mrr@20", "ndcg@20")) -> str:
+    """``recall@20 27.31  mrr@20 13.05 ...`` in percent."""
+    return "  ".join(f"{k} {100 * metrics[k]:.2f}" for k in keys if k in metrics)

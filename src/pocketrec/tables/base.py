@@ -1,0 +1,120 @@
+"""The item-table interface every method plugs into.
+
+An item table owns the vectors of a catalogue of ``num_items`` real items with ids ``1..num_items``;
+id ``0`` is padding. Tables differ in how they store those vectors (dense rows, tensor-train cores,
+codebooks plus integer codes, elastic blocks) and therefore in how many bytes a device needs for them
+and in how they score a query against the whole catalogue.
+
+Conventions shared by every table:
+
+* ``forward(ids)`` builds only the rows asked for; id 0 gives a zero vector.
+* ``score(queries)`` returns ``(batch, num_items + 1)`` scores, column ``j`` being item ``j``; column 0
+  (padding) holds the most negative finite value of the dtype so it is never ranked and never produces
+  NaN in a softmax or KL term. It never builds a ``batch x items x dim`` tensor.
+* ``nbytes()`` is the exact size of the arrays ``export()`` returns, i.e. what a device stores.
+* ``export()`` / ``from_export()`` round-trip through plain numpy arrays and a JSON-able description,
+  which is what the device artifact stores.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+TABLE_KINDS: dict[str, type[ItemTable]] = {}
+
+
+def register_table(cls: type[ItemTable]) -> type[ItemTable]:
+    """Class decorator: make a table kind loadable by name (``table_from_export``)."""
+    if not getattr(cls, "kind", None):
+        raise TypeError(f"{cls.__name__} must set a class attribute `kind`")
+    TABLE_KINDS[cls.kind] = cls
+    return cls
+
+
+def mask_padding_column(scores: Tensor) -> Tensor:
+    """Set column 0 (the padding id) to the most negative finite value, in place; returns ``scores``."""
+    scores[:, 0] = torch.finfo(scores.dtype).min
+    return scores
+
+
+class ItemTable(nn.Module, ABC):
+    """Base class of all item tables (see the module docstring for the contract)."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, num_items: int, dim: int) -> None:
+        super().__init__()
+        if num_items < 1:
+            raise ValueError(f"num_items must be >= 1, got {num_items}")
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.num_items = int(num_items)
+        self.dim = int(dim)
+
+    @property
+    def num_rows(self) -> int:
+        """Rows a score covers: the real items plus the padding row 0."""
+        return self.num_items + 1
+
+    @abstractmethod
+    def forward(self, ids: Tensor) -> Tensor:
+        """Vectors ``(*ids.shape, dim)`` of the given ids; id 0 gives zeros."""
+
+    @abstractmethod
+    def score(self, queries: Tensor) -> Tensor:
+        """Scores ``(batch, num_items + 1)`` of ``queries (batch, dim)`` against every item."""
+
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Exact bytes of what a device stores for this table (the arrays of ``export()``)."""
+
+    @abstractmethod
+    def export(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Named numpy arrays at their stored dtypes, and a JSON-able description (with ``kind``)."""
+
+    @classmethod
+    @abstractmethod
+    def from_export(cls, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> ItemTable:
+        """Rebuild the table from what ``export()`` returned."""
+
+    @classmethod
+    @abstractmethod
+    def from_description(cls, description: dict[str, Any]) -> ItemTable:
+        """An untrained table of the structure ``description`` (from ``export()``) names.
+
+        Checkpoints rebuild the module with it and then load the trained weights.
+        """
+
+    @classmethod
+    @abstractmethod
+    def for_budget(cls, num_items: int, dim: int, budget_bytes: int, **kwargs: Any) -> ItemTable:
+        """The largest table of this kind that fits ``budget_bytes``; check ``nbytes()`` for what it reached.
+
+        Raises ``ValueError`` naming the smallest reachable size when nothing fits.
+        """
+
+    def describe(self) -> str:
+        """One line for budget reports."""
+        return f"{self.kind}(items={self.num_items}, dim={self.dim}, bytes={self.nbytes():,})"
+
+    def extra_repr(self) -> str:
+        return f"num_items={self.num_items}, dim={self.dim}, nbytes={self.nbytes():,}"
+
+
+def table_from_export(arrays: dict[str, np.ndarray], description: dict[str, Any]) -> ItemTable:
+    """Rebuild any registered table kind from its export."""
+    kind = description.get("kind")
+    if kind not in TABLE_KINDS:
+        known = ", ".join(sorted(TABLE_KINDS)) or "none"
+        raise ValueError(f"unknown item-table kind {kind!r} (known: {known})")
+    return TABLE_KINDS[kind].from_export(arrays, description)
+
+
+def array_nbytes(arrays: dict[str, np.ndarray]) -> int:
+    """Total bytes of a dict of arrays; the yardstick every ``nbytes()`` is tested against."""
+    return int(sum(a.nbytes for a in arrays.values()))

@@ -1,0 +1,492 @@
+"""Compositional-code item table (EODRec: Xia et al., "Efficient On-Device Session-Based Recommendation",
+ACM TOIS 41(4), 2023; codes after Shu & Nakayama, "Compressing Word Embeddings via Deep Compositional
+Code Learning", ICLR 2018).
+
+Every item ``i`` in ``1..n`` has ``M`` integer codes ``c_i^m`` in ``0..K-1``; its vector is the SUM of one
+codeword from each of ``M`` codebooks: ``e_i = sum_m A[m, c_i^m]`` with ``A`` of shape ``(M, K, dim)``
+(METHODS §2.2). Id 0 (padding) gives zeros. The device stores the codebooks (float32 or float16) and the
+codes of items ``1..n`` as the smallest unsigned integer type (uint8 for ``K <= 256``, uint16 up to 65536)
+or bit-packed at ``ceil(log2 K)`` bits (:mod:`pocketrec.device.bitpack`), so
+``nbytes = M*K*dim*itemsize + n*M*code_bytes`` (METHODS §2.6/§6).
+
+Scoring never rebuilds the item rows: per query it builds the lookup table ``LUT[m, k] = q . A[m, k]``
+(``M*K*dim`` multiply-adds) and sums ``M`` gathered LUT entries per item (``n*M`` adds).
+
+What differs from the authors' code (METHODS §2.7), on purpose:
+
+* True compression: no teacher mixing ``eta * onehot(C) A + (1 - eta) * E_T``; the table is the codes
+  and codebooks alone (the equivalent of ``eta = 1``).
+* Integer codes (uint8 / uint16 / bit-packed), not a float one-hot matrix of shape ``(n*M, K)``.
+* Explicit initialisation: :meth:`CodebookTable.from_vectors` fits codebooks and codes to teacher item
+  vectors by residual quantisation (k-means on the vectors, then on the residuals, ...), whose sums
+  compose exactly like the table does; the authors' codebooks start as uninitialised memory.
+  The learned codes (argmax of the converged encoder) come from :mod:`pocketrec.train.codes`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pocketrec.device.bitpack import bits_for, code_dtype, pack_codes, packed_nbytes, unpack_codes
+from pocketrec.tables.base import ItemTable, mask_padding_column, register_table
+
+_FLOAT_DTYPES = ("float32", "float16")
+_INIT_METHODS = ("rq", "pq", "random")
+# Distance blocks in k-means hold at most this many floats (64 MiB at float32).
+_DIST_BLOCK = 1 << 24
+
+
+# --------------------------------------------------------------------------------------------------
+# k-means, residual quantisation, least-squares codebooks (torch; chunked, deterministic with a seed)
+# --------------------------------------------------------------------------------------------------
+
+def _row_chunk(num_rows: int, width: int, chunk_size: int | None) -> int:
+    if chunk_size is not None:
+        return max(1, int(chunk_size))
+    return max(1, min(num_rows, _DIST_BLOCK // max(1, width)))
+
+
+def nearest_centroids(x: Tensor, centroids: Tensor, chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+    """Index of the nearest centroid for every row of ``x`` and the squared distance to it.
+
+    Uses ``|x|^2 - 2 x.c + |c|^2`` over row chunks, so no ``n x K x d`` tensor is ever built.
+    """
+    n = x.shape[0]
+    c_sq = (centroids * centroids).sum(1)
+    assign = torch.empty(n, dtype=torch.long, device=x.device)
+    dist = torch.empty(n, dtype=x.dtype, device=x.device)
+    step = _row_chunk(n, centroids.shape[0], chunk_size)
+    for start in range(0, n, step):
+        xb = x[start:start + step]
+        d = torch.addmm(c_sq.unsqueeze(0), xb, centroids.t(), alpha=-2.0)  # |c|^2 - 2 x.c
+        best, idx = d.min(1)
+        assign[start:start + step] = idx
+        dist[start:start + step] = (best + (xb * xb).sum(1)).clamp_min_(0.0)
+    return assign, dist
+
+
+def _kmeans_pp(x: Tensor, k: int, gen: torch.Generator, chunk_size: int | None) -> Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) on ``x``; ``k`` rows of ``x`` as centroids."""
+    n = x.shape[0]
+    first = int(torch.randint(n, (1,), generator=gen))
+    x_sq = (x * x).sum(1)
+
+    def sq_dist(i: int) -> Tensor:  # |x - x_i|^2 for all rows, as a mat-vec
+        return (x_sq - 2.0 * (x @ x[i]) + x_sq[i]).clamp_min_(0.0)
+
+    chosen = [first]
+    min_dist = sq_dist(first)
+    for _ in range(1, k):
+        total = float(min_dist.sum())
+        if total > 0.0:
+            probs = (min_dist / total).double().cpu()
+            nxt = int(torch.multinomial(probs, 1, generator=gen))
+        else:  # all points coincide with a centroid already: any point will do
+            nxt = int(torch.randint(n, (1,), generator=gen))
+        chosen.append(nxt)
+        torch.minimum(min_dist, sq_dist(nxt), out=min_dist)
+    return x[torch.tensor(chosen, device=x.device)]
+
+
+def kmeans(x: Tensor, k: int, *, iters: int = 25, seed: int = 0, init_sample: int | None = None,
+           chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+    """Lloyd's k-means in torch; returns ``(centroids (k, d), assignment (n,))``.
+
+    Seeding is k-means++ on a random subsample of ``init_sample`` rows (default ``max(32 k, 4096)``;
+    all rows when fewer), then ``iters`` Lloyd iterations on all rows (stopping early once assignments
+    stop changing). An empty cluster is re-seeded with the point farthest from its centroid.
+    Deterministic for a given ``seed`` (on CPU). The returned assignment is to the returned centroids.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"kmeans expects a 2-D tensor, got shape {tuple(x.shape)}")
+    n = x.shape[0]
+    if n < 1 or k < 1:
+        raise ValueError(f"kmeans needs at least one point and one cluster, got n={n}, k={k}")
+    x = x.detach()
+    gen = torch.Generator().manual_seed(int(seed))
+    sample = init_sample if init_sample is not None else max(32 * k, 4096)
+    if n > sample:
+        idx = torch.randperm(n, generator=gen)[:sample].to(x.device)
+        seed_points = x.index_select(0, idx)
+    else:
+        seed_points = x
+    centroids = _kmeans_pp(seed_points, min(k, seed_points.shape[0]), gen, chunk_size)
+    if centroids.shape[0] < k:  # fewer points than clusters: duplicate centroids stay unused
+        extra = centroids[torch.arange(k - centroids.shape[0]) % centroids.shape[0]]
+        centroids = torch.cat([centroids, extra])
+    assign, dist = nearest_centroids(x, centroids, chunk_size)
+    for _ in range(iters):
+        counts = torch.bincount(assign, minlength=k)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        new = sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype)
+        empty = (counts == 0).nonzero().flatten()
+        if empty.numel() and n > k:
+            far = dist.topk(int(empty.numel())).indices  # farthest points become the new centroids
+            new[empty] = x[far]
+        elif empty.numel():
+            new[empty] = centroids[empty]
+        centroids = new
+        new_assign, dist = nearest_centroids(x, centroids, chunk_size)
+        if torch.equal(new_assign, assign) and not empty.numel():
+            assign = new_assign
+            break
+        assign = new_assign
+    return centroids, assign
+
+
+def residual_quantize(x: Tensor, M: int, K: int, *, iters: int = 25, seed: int = 0,
+                      chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+    """Residual quantisation: k-means on ``x`` gives codebook 1, k-means on the residuals codebook 2, ...
+
+    Returns ``(codebooks (M, K, d), codes (n, M) long)``; ``x`` is approximated by the SUM of the ``M``
+    chosen codewords, which is exactly the table's composition. Codebook ``m`` uses seed ``seed + m``.
+    """
+    residual = x.detach().clone()
+    books, codes = [], []
+    for m in range(M):
+        centroids, assign = kmeans(residual, K, iters=iters, seed=seed + m, chunk_size=chunk_size)
+        residual -= centroids.index_select(0, assign)
+        books.append(centroids)
+        codes.append(assign)
+    return torch.stack(books), torch.stack(codes, 1)
+
+
+def product_quantize(x: Tensor, M: int, K: int, *, iters: int = 25, seed: int = 0,
+                     chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+    """Product quantisation written as a sum: codebook ``m`` is zero outside the ``m``-th slice of dims.
+
+    The dims are cut into ``M`` contiguous slices (sizes differ by at most one); k-means on each slice
+    gives that codebook. The sum of the ``M`` zero-padded codewords is the concatenation of the slices.
+    """
+    n, d = x.shape
+    if M > d:
+        raise ValueError(f"product quantisation needs M <= dim, got M={M}, dim={d}")
+    bounds = np.linspace(0, d, M + 1).round().astype(int)
+    books = torch.zeros(M, K, d, dtype=x.dtype, device=x.device)
+    codes = []
+    for m in range(M):
+        lo, hi = int(bounds[m]), int(bounds[m + 1])
+        centroids, assign = kmeans(x[:, lo:hi].contiguous(), K, iters=iters, seed=seed + m,
+                                   chunk_size=chunk_size)
+        books[m, :, lo:hi] = centroids
+        codes.append(assign)
+    return books, torch.stack(codes, 1)
+
+
+def fit_codebooks(x: Tensor, codes: Tensor, K: int, *, ridge: float = 1e-6) -> Tensor:
+    """Least-squares codebooks for fixed codes: ``argmin_A sum_i |x_i - sum_m A[m, c_i^m]|^2``.
+
+    Solves the ``(M K) x (M K)`` normal equations in float64 with a tiny ridge (``ridge`` times the
+    mean diagonal) that removes the null space (a constant moved between codebooks) and sends unused
+    codewords to zero. ``x (n, d)``, ``codes (n, M)``; returns ``(M, K, d)`` in ``x``'s dtype.
+    """
+    n, d = x.shape
+    M = codes.shape[1]
+    if M * K > 8192:
+        raise ValueError(f"least-squares codebooks need M*K <= 8192, got {M * K}")
+    codes = codes.to(device=x.device, dtype=torch.long)
+    gram = torch.zeros(M * K, M * K, dtype=torch.float64, device=x.device)
+    rhs = torch.zeros(M * K, d, dtype=torch.float64, device=x.device)
+    xd = x.detach().double()
+    for m in range(M):
+        rhs[m * K:(m + 1) * K].index_add_(0, codes[:, m], xd)
+        for m2 in range(m, M):
+            pair = torch.bincount(codes[:, m] * K + codes[:, m2], minlength=K * K).view(K, K).double()
+            gram[m * K:(m + 1) * K, m2 * K:(m2 + 1) * K] = pair
+            if m2 != m:
+                gram[m2 * K:(m2 + 1) * K, m * K:(m + 1) * K] = pair.t()
+    lam = ridge * max(float(gram.diagonal().mean()), 1e-12)
+    gram.diagonal().add_(lam)
+    solution = torch.linalg.solve(gram, rhs)
+    return solution.view(M, K, d).to(x.dtype)
+
+
+def reconstruct(codebooks: Tensor, codes: Tensor) -> Tensor:
+    """Sum of the chosen codewords: ``codebooks (M, K, d)``, ``codes (n, M)`` -> ``(n, d)``."""
+    M, K, d = codebooks.shape
+    offsets = torch.arange(M, device=codes.device) * K
+    return F.embedding(codes.long() + offsets, codebooks.reshape(M * K, d)).sum(-2)
+
+
+def reconstruction_mse(x: Tensor, codebooks: Tensor, codes: Tensor, chunk_size: int = 65536) -> float:
+    """Mean over rows of the squared error summed over dims, ``mean_i |x_i - sum_m A[m, c_i^m]|^2``."""
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, x.shape[0], chunk_size):
+            err = x[start:start + chunk_size] - reconstruct(codebooks, codes[start:start + chunk_size])
+            total += float((err.double() ** 2).sum())
+    return total / max(1, x.shape[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------------------------------
+
+@register_table
+class CodebookTable(ItemTable):
+    """``M`` codebooks of ``K`` vectors (parameter ``codebooks (M, K, dim)``) plus ``M`` codes per item
+    (buffer ``codes (num_items + 1, M)``, int64 in memory, row 0 unused); an item is the sum of its
+    ``M`` codewords.
+
+    ``dtype`` is the stored (exported) precision of the codebooks; training is float32. ``bitpack``
+    stores the codes at ``ceil(log2 K)`` bits each instead of uint8/uint16. A fresh table has random
+    codes (from ``seed``, or torch's global generator when ``None``) and codewords drawn from
+    ``N(0, (init_std / sqrt(M))^2)``, so item vectors start with the same scale as a dense table's.
+    Build one from teacher vectors with :meth:`from_vectors` or ``pocketrec.train.codes.learn_codes``.
+    """
+
+    kind = "codebook"
+
+    def __init__(self, num_items: int, dim: int, M: int = 3, K: int = 256, dtype: str = "float32",
+                 bitpack: bool = False, init_std: float = 0.02, seed: int | None = None) -> None:
+        super().__init__(num_items, dim)
+        if M < 1:
+            raise ValueError(f"M (number of codebooks) must be >= 1, got {M}")
+        if not 2 <= K <= 65536:
+            raise ValueError(f"K (codebook size) must be in 2..65536, got {K}")
+        if dtype not in _FLOAT_DTYPES:
+            raise ValueError(f"dtype must be one of {_FLOAT_DTYPES}, got {dtype!r}")
+        self.M = int(M)
+        self.K = int(K)
+        self.stored_dtype = dtype
+        self.bitpack = bool(bitpack)
+        self.codebooks = nn.Parameter(torch.empty(self.M, self.K, dim))
+        self.register_buffer("codes", torch.zeros(self.num_rows, self.M, dtype=torch.long))
+        offsets = torch.arange(self.M, dtype=torch.long) * self.K
+        self.register_buffer("code_offsets", offsets, persistent=False)
+        gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        with torch.no_grad():
+            self.codebooks.copy_(torch.randn(self.M, self.K, dim, generator=gen) * (init_std / math.sqrt(M)))
+            self.codes[1:] = torch.randint(self.K, (self.num_items, self.M), generator=gen)
+
+    # ---- sizes ------------------------------------------------------------------------------------
+
+    @property
+    def code_bits(self) -> int:
+        """Bits per code when bit-packed, ``ceil(log2 K)``."""
+        return bits_for(self.K)
+
+    @property
+    def code_dtype(self) -> str:
+        """Numpy dtype name of the unpacked codes: ``uint8`` for K <= 256, ``uint16`` up to 65536."""
+        return code_dtype(self.K).name
+
+    @staticmethod
+    def bytes_for(num_items: int, dim: int, M: int, K: int, dtype: str = "float32",
+                  bitpack: bool = False) -> int:
+        """Bytes of a codebook table without building it: ``M*K*dim*itemsize`` for the codebooks plus
+        ``n*M*itemsize(code dtype)`` for the codes, or ``ceil(n*M*ceil(log2 K)/8)`` when bit-packed."""
+        books = int(M) * int(K) * int(dim) * np.dtype(dtype).itemsize
+        count = int(num_items) * int(M)
+        codes = packed_nbytes(count, bits_for(K)) if bitpack else count * code_dtype(K).itemsize
+        return books + codes
+
+    def nbytes(self) -> int:
+        return self.bytes_for(self.num_items, self.dim, self.M, self.K, self.stored_dtype, self.bitpack)
+
+    # ---- lookups and scores -----------------------------------------------------------------------
+
+    def forward(self, ids: Tensor) -> Tensor:
+        # Flat lookups into the (M*K, dim) view: one embedding gather per code, then a sum over M.
+        flat = self.codes[ids] + self.code_offsets
+        vectors = F.embedding(flat, self.codebooks.reshape(self.M * self.K, self.dim)).sum(-2)
+        return vectors * (ids != 0).unsqueeze(-1).to(vectors.dtype)
+
+    def lookup_tables(self, queries: Tensor) -> Tensor:
+        """``LUT[b, m, k] = queries[b] . codebooks[m, k]``, shape ``(batch, M, K)``."""
+        return torch.einsum("bd,mkd->bmk", queries, self.codebooks.to(queries.dtype))
+
+    def score(self, queries: Tensor) -> Tensor:
+        """``scores[b, i] = sum_m LUT[b, m, codes[i, m]]``: ``O(M K d + n M)`` per query, differentiable
+        w.r.t. the codebooks (and the queries). Column 0 is masked."""
+        batch = queries.shape[0]
+        lut = self.lookup_tables(queries).reshape(batch, self.M * self.K)
+        scores = lut.index_select(1, self.codes[:, 0])
+        for m in range(1, self.M):
+            # index_select's backward needs only the index, so accumulating in place is autograd-safe.
+            scores.add_(lut.index_select(1, self.codes[:, m] + m * self.K))
+        return mask_padding_column(scores)
+
+    def materialize(self) -> Tensor:
+        """All ``(num_items + 1, dim)`` rows (row 0 zeros). For checks and export to dense, not scoring."""
+        return self(torch.arange(self.num_rows, device=self.codes.device))
+
+    def reconstruction_error(self, vectors: Tensor) -> float:
+        """``mean_i |vectors[i] - e_i|^2`` over items ``1..n`` (``vectors`` is ``(n + 1, dim)``)."""
+        self._check_vectors(vectors, self.num_items, self.dim)
+        return reconstruction_mse(vectors[1:].to(self.codebooks.device, torch.float32),
+                                  self.codebooks.detach(), self.codes[1:])
+
+    def set_codes(self, codes: Tensor) -> None:
+        """Replace the codes: ``(num_items, M)`` for items ``1..n``, or ``(num_items + 1, M)`` (row 0
+        ignored)."""
+        codes = torch.as_tensor(codes)
+        if codes.shape == (self.num_rows, self.M):
+            codes = codes[1:]
+        if codes.shape != (self.num_items, self.M):
+            raise ValueError(f"codes have shape {tuple(codes.shape)}, expected {(self.num_items, self.M)} "
+                             f"or {(self.num_rows, self.M)}")
+        codes = codes.to(device=self.codes.device, dtype=torch.long)
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.K):
+            raise ValueError(f"codes must lie in 0..{self.K - 1}")
+        with torch.no_grad():
+            self.codes[0].zero_()
+            self.codes[1:] = codes
+
+    # ---- export -----------------------------------------------------------------------------------
+
+    def export(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``codebooks (M, K, dim)`` at the stored float dtype and ``codes`` of items ``1..n``: ``(n, M)``
+        uint8/uint16, or a 1-D uint8 bit stream when bit-packed (layout: :mod:`pocketrec.device.bitpack`)."""
+        books = self.codebooks.detach().cpu().numpy().astype(self.stored_dtype)
+        codes = self.codes[1:].cpu().numpy().astype(self.code_dtype)
+        if self.bitpack:
+            codes = pack_codes(codes, self.code_bits)
+        description = {"kind": self.kind, "num_items": self.num_items, "dim": self.dim, "M": self.M,
+                       "K": self.K, "dtype": self.stored_dtype, "code_dtype": self.code_dtype,
+                       "bitpack": self.bitpack, "code_bits": self.code_bits, "code_rows": "items_1_to_n"}
+        return {"codebooks": books, "codes": codes}, description
+
+    @classmethod
+    def from_description(cls, description: dict[str, Any]) -> CodebookTable:
+        """An untrained table (random codes from seed 0) of the structure ``description`` names."""
+        if description.get("kind", cls.kind) != cls.kind:
+            raise ValueError(f"description is of kind {description.get('kind')!r}, not {cls.kind!r}")
+        return cls(int(description["num_items"]), int(description["dim"]), M=int(description["M"]),
+                   K=int(description["K"]), dtype=str(description.get("dtype", "float32")),
+                   bitpack=bool(description.get("bitpack", False)), seed=0)
+
+    @classmethod
+    def from_export(cls, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> CodebookTable:
+        table = cls.from_description(description)
+        num_items, M, K, dim = table.num_items, table.M, table.K, table.dim
+        extra = sorted(set(arrays) - {"codebooks", "codes"})
+        if extra or "codebooks" not in arrays or "codes" not in arrays:
+            raise ValueError(f"codebook export needs arrays 'codebooks' and 'codes', got {sorted(arrays)}")
+        books, codes = arrays["codebooks"], arrays["codes"]
+        if books.shape != (M, K, dim):
+            raise ValueError(f"codebooks have shape {books.shape}, expected {(M, K, dim)}")
+        if table.bitpack:
+            expected = packed_nbytes(num_items * M, table.code_bits)
+            if codes.shape != (expected,):
+                raise ValueError(f"packed codes have shape {codes.shape}, expected ({expected},)")
+            codes = unpack_codes(codes, table.code_bits, num_items * M).reshape(num_items, M)
+        elif codes.shape != (num_items, M):
+            raise ValueError(f"codes have shape {codes.shape}, expected {(num_items, M)}")
+        with torch.no_grad():
+            table.codebooks.copy_(torch.from_numpy(books.astype(np.float32)))
+        table.set_codes(torch.from_numpy(codes.astype(np.int64)))
+        return table
+
+    # ---- budgets ----------------------------------------------------------------------------------
+
+    @classmethod
+    def config_for_budget(cls, num_items: int, dim: int, budget_bytes: int, dtype: str = "float32",
+                          bitpack: bool = False, M: int | None = None, K: int | None = None,
+                          max_codebooks: int = 8, max_codebook_size: int = 256) -> tuple[int, int]:
+        """The ``(M, K)`` that :meth:`for_budget` builds.
+
+        Rule: among ``K`` in the powers of two ``2..max_codebook_size`` (or the given ``K``) and ``M`` in
+        ``1..max_codebooks`` (or the given ``M``) whose :meth:`bytes_for` (codebooks and codes both
+        counted) is within the budget, take the largest number of code bits per item ``M * log2 K``;
+        ties go to fewer bytes, then to fewer codebooks. ``max_codebooks = 8`` bounds the ``n*M`` gather
+        cost of :meth:`score`; ``max_codebook_size = 256`` keeps codes in uint8.
+        """
+        if max_codebook_size < 2:
+            raise ValueError(f"max_codebook_size must be >= 2, got {max_codebook_size}")
+        ks = [int(K)] if K is not None else [1 << b for b in range(1, int(math.log2(max_codebook_size)) + 1)]
+        ms = [int(M)] if M is not None else list(range(1, int(max_codebooks) + 1))
+        best: tuple[float, int, int] | None = None
+        best_cfg = (0, 0)
+        smallest: tuple[int, int, int] | None = None
+        for k in ks:
+            for m in ms:
+                size = cls.bytes_for(num_items, dim, m, k, dtype, bitpack)
+                if smallest is None or size < smallest[0]:
+                    smallest = (size, m, k)
+                if size > budget_bytes:
+                    continue
+                key = (m * math.log2(k), -size, -m)
+                if best is None or key > best:
+                    best, best_cfg = key, (m, k)
+        if best is None:
+            assert smallest is not None
+            size, m, k = smallest
+            raise ValueError(f"budget {budget_bytes:,} B is below the smallest codebook table "
+                             f"({size:,} B for M={m}, K={k}, {num_items:,} items, dim={dim}, {dtype}"
+                             f"{', bit-packed' if bitpack else ''})")
+        return best_cfg
+
+    @classmethod
+    def for_budget(cls, num_items: int, dim: int, budget_bytes: int, dtype: str = "float32",
+                   bitpack: bool = False, M: int | None = None, K: int | None = None,
+                   max_codebooks: int = 8, max_codebook_size: int = 256, **kwargs: Any) -> CodebookTable:
+        """A fresh table with the ``(M, K)`` of :meth:`config_for_budget`; ``kwargs`` go to the constructor.
+
+        To fit it to teacher vectors, pass the chosen ``M`` and ``K`` to :meth:`from_vectors`.
+        """
+        m, k = cls.config_for_budget(num_items, dim, budget_bytes, dtype, bitpack, M, K,
+                                     max_codebooks, max_codebook_size)
+        return cls(num_items, dim, M=m, K=k, dtype=dtype, bitpack=bitpack, **kwargs)
+
+    # ---- initialisation from teacher vectors ------------------------------------------------------
+
+    @staticmethod
+    def _check_vectors(vectors: Tensor, num_items: int | None = None, dim: int | None = None) -> None:
+        if vectors.dim() != 2 or vectors.shape[0] < 2:
+            raise ValueError(f"vectors must be (num_items + 1, dim) with row 0 the padding row, "
+                             f"got shape {tuple(vectors.shape)}")
+        if num_items is not None and (vectors.shape[0] != num_items + 1 or vectors.shape[1] != dim):
+            raise ValueError(f"vectors have shape {tuple(vectors.shape)}, expected {(num_items + 1, dim)}")
+
+    @classmethod
+    def from_vectors(cls, vectors: Tensor, M: int, K: int, method: str = "rq", seed: int = 0, *,
+                     iters: int = 25, refit: bool = True, dtype: str = "float32", bitpack: bool = False,
+                     chunk_size: int | None = None) -> CodebookTable:
+        """Fit codebooks and codes to teacher item vectors ``(num_items + 1, dim)`` (row 0 ignored).
+
+        ``method``:
+
+        * ``"rq"`` (default): residual quantisation (:func:`residual_quantize`), whose sums compose like
+          the table;
+        * ``"pq"``: product quantisation as zero-padded codebooks (:func:`product_quantize`);
+        * ``"random"``: uniformly random codes (a baseline).
+
+        With ``refit`` the codebooks are then replaced by the least-squares codebooks for the chosen codes
+        (:func:`fit_codebooks`, only when ``M*K <= 8192`` and when it lowers the error); ``"random"``
+        always gets least-squares codebooks. Deterministic for a given ``seed`` on CPU.
+        """
+        cls._check_vectors(vectors)
+        if method not in _INIT_METHODS:
+            raise ValueError(f"method must be one of {_INIT_METHODS}, got {method!r}")
+        x = vectors[1:].detach().float()
+        num_items, dim = x.shape
+        table = cls(num_items, dim, M=M, K=K, dtype=dtype, bitpack=bitpack, seed=seed)
+        if method == "rq":
+            books, codes = residual_quantize(x, M, K, iters=iters, seed=seed, chunk_size=chunk_size)
+        elif method == "pq":
+            books, codes = product_quantize(x, M, K, iters=iters, seed=seed, chunk_size=chunk_size)
+        else:
+            gen = torch.Generator().manual_seed(int(seed))
+            codes = torch.randint(K, (num_items, M), generator=gen).to(x.device)
+            books = fit_codebooks(x, codes, K)
+        if refit and method != "random" and M * K <= 8192:
+            refitted = fit_codebooks(x, codes, K)
+            if reconstruction_mse(x, refitted, codes) < reconstruction_mse(x, books, codes):
+                books = refitted
+        table = table.to(x.device)
+        with torch.no_grad():
+            table.codebooks.copy_(books)
+        table.set_codes(codes)
+        return table
+
+    def extra_repr(self) -> str:
+        packed = ", bitpack" if self.bitpack else ""
+        return (f"num_items={self.num_items}, dim={self.dim}, M={self.M}, K={self.K}, "
+                f"dtype={self.stored_dtype}{packed}, nbytes={self.nbytes():,}")

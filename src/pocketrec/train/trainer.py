@@ -1,0 +1,150 @@
+"""The training loop shared by teachers and compressed students.
+
+Epochs over shuffled whole-session batches, Adam, validation after each epoch, early stopping on a
+validation metric, the best-on-validation weights kept, a progress bar, and resumption from the last
+epoch's checkpoint. What is optimised is given as a ``loss_fn(batch) -> (loss, parts)``, so the plain
+cross-entropy teacher and the distillation student share this one loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from pocketrec.data.batching import Batch, iterate_batches, num_batches
+from pocketrec.data.dataset import SequenceSplit
+
+LossFn = Callable[[Batch], tuple[Tensor, dict[str, float]]]
+
+
+@dataclass
+class TrainConfig:
+    """How to train. ``metric`` picks the epoch: the best validation value wins."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 3
+    metric: str = "mrr@20"
+    seed: int = 42
+    eval_batch_size: int = 256
+    max_grad_norm: float = 5.0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_valid: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+
+    @property
+    def epoch_seconds(self) -> float:
+        times = [h["seconds"] for h in self.history if "seconds" in h]
+        return sum(times) / max(len(times), 1)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU) so that two runs with the same seed give the same numbers."""
+    torch.manual_seed(seed)
+
+
+def fit(model: nn.Module, train: SequenceSplit, loss_fn: LossFn, validate: Callable[[], dict[str, float]],
+        config: TrainConfig, max_len: int, *, parameters: list[dict[str, Any]] | None = None,
+        on_epoch_end: Callable[[int, dict[str, Any], bool, torch.optim.Optimizer], None] | None = None,
+        resume: Callable[[torch.optim.Optimizer], dict[str, Any] | None] | None = None,
+        log: Callable[[str], None] | None = None) -> FitResult:
+    """Train ``model`` and leave it holding its best-on-validation weights.
+
+    ``parameters`` are optimizer parameter groups (default: all trainable parameters at ``lr``).
+    ``on_epoch_end(epoch, record, is_best, optimizer)`` is where callers write checkpoints.
+    ``resume(optimizer)`` may restore a previous run and return its saved trainer state
+    (``{"epoch", "history", "best_epoch", "best_valid", "bad_epochs"}``).
+    """
+    log = log or (lambda msg: tqdm.write(msg) if config.progress else None)
+    groups = parameters or [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    state = resume(optimizer) if resume else None
+    start_epoch = 0
+    history: list[dict[str, Any]] = []
+    best_valid: dict[str, float] = {}
+    best_epoch, bad_epochs = -1, 0
+    best_state = None
+    if state:
+        start_epoch = int(state["epoch"]) + 1
+        history = list(state.get("history", []))
+        best_epoch = int(state.get("best_epoch", -1))
+        best_valid = dict(state.get("best_valid", {}))
+        bad_epochs = int(state.get("bad_epochs", 0))
+        best_state = state.get("best_state")
+        log(f"resumed after epoch {start_epoch}")
+    steps = num_batches(train, config.batch_size, max_len)
+    stopped_early = False
+    for epoch in range(start_epoch, config.epochs):
+        seed_everything(config.seed + epoch)  # per-epoch seed: resumed runs replay the same batches
+        model.train()
+        started = time.perf_counter()
+        totals: dict[str, float] = {}
+        batches = iterate_batches(train, config.batch_size, max_len, shuffle=True, seed=config.seed + epoch)
+        bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress,
+                   leave=False, mininterval=1.0)
+        for step, batch in enumerate(bar, 1):
+            loss, parts = loss_fn(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.max_grad_norm > 0:
+                nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], config.max_grad_norm)
+            optimizer.step()
+            for name, value in {"loss": loss.item(), **parts}.items():
+                totals[name] = totals.get(name, 0.0) + value
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{totals['loss'] / step:.4f}")
+        seconds = time.perf_counter() - started
+        valid = validate()
+        record = {"epoch": epoch, "seconds": seconds, "train": {k: v / steps for k, v in totals.items()},
+                  "valid": valid}
+        history.append(record)
+        score = valid[config.metric]
+        is_best = best_epoch < 0 or score > best_valid.get(config.metric, float("-inf"))
+        if is_best:
+            best_epoch, best_valid, bad_epochs = epoch, valid, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad_epochs += 1
+        log(f"epoch {epoch + 1}: loss {record['train']['loss']:.4f}  valid {config.metric} "
+            f"{100 * score:.2f}{'  *best*' if is_best else ''}  ({seconds:.0f}s)")
+        record["trainer_state"] = {"epoch": epoch, "best_epoch": best_epoch, "best_valid": best_valid,
+                                   "bad_epochs": bad_epochs}
+        if on_epoch_end:
+            on_epoch_end(epoch, record, is_best, optimizer)
+        if bad_epochs >= config.patience:
+            stopped_early = True
+            log(f"early stop: no better {config.metric} for {config.patience} epochs")
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return FitResult(best_epoch=best_epoch, best_valid=best_valid, history=history, stopped_early=stopped_early)
+
+
+def checkpoint_dirs(out_dir: str | Path) -> tuple[Path, Path]:
+    """``(best, last)`` checkpoint folders of a run directory."""
+    out = Path(out_dir)
+    return out / "best", out / "last"

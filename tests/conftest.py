@@ -1,0 +1,25 @@
+"""Shared fixtures. Tests that need the project's shared data folder take ``shared_data`` and are
+skipped cleanly where it is absent (a fresh clone on another machine)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``$POCKETREC_SHARED_DATA``, else ``<repo>/../shared/data``."""
+    env = os.environ.get("POCKETREC_SHARED_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if not path.is_dir():
+        pytest.skip(f"shared data folder not found at {path} (set POCKETREC_SHARED_DATA)")
+    return path
