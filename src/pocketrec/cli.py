@@ -50,7 +50,7 @@ def train(ctx: typer.Context,
     from pocketrec.config import load_config
     from pocketrec.data.registry import load_dataset
     from pocketrec.eval.metrics import format_metrics
-    from pocketrec.train.teacher import TeacherConfig, test_metrics, train_teacher
+    from pocketrec.train.teacher import TeacherConfig, final_test_metrics, train_teacher
 
     try:
         cfg = load_config(TeacherConfig, config, [*ctx.args, f"dataset={dataset}"])
@@ -62,7 +62,7 @@ def train(ctx: typer.Context,
         _, result = train_teacher(data, cfg, resume=resume)
     except user_errors() as err:
         fail(str(err))
-    console.print(f"best epoch {result.best_epoch + 1}; test {format_metrics(test_metrics(result))}")
+    console.print(f"best epoch {result.best_epoch + 1}; test {format_metrics(final_test_metrics(result))}")
     console.print(f"checkpoint: {Path(cfg.out) / 'best'}")
 
 

@@ -207,6 +207,35 @@ def fit_codebooks(x: Tensor, codes: Tensor, K: int, *, ridge: float = 1e-6) -> T
     return solution.view(M, K, d).to(x.dtype)
 
 
+def icm_refine(x: Tensor, codebooks: Tensor, codes: Tensor, *, iters: int = 3,
+               chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+    """Alternating refinement of an additive quantiser (as in additive quantisation, Babenko & Lempitsky
+    2014, with iterated conditional modes instead of beam search): per round, each codebook ``m`` in
+    turn re-assigns every item to the codeword nearest to its residual with the other ``M-1`` codes
+    fixed, then all codebooks are refitted by least squares (:func:`fit_codebooks`). Each step can only
+    lower the reconstruction error; a round that does not is undone and ends the refinement.
+    Returns ``(codebooks, codes)``.
+    """
+    M, K, _ = codebooks.shape
+    codes = codes.to(device=x.device, dtype=torch.long).clone()
+    books = codebooks.detach().to(x.dtype).clone()
+    best = reconstruction_mse(x, books, codes)
+    for _ in range(iters):
+        new_codes = codes.clone()
+        recon = reconstruct(books, new_codes)
+        for m in range(M):
+            partial = recon - books[m].index_select(0, new_codes[:, m])
+            assign, _ = nearest_centroids(x - partial, books[m], chunk_size)
+            new_codes[:, m] = assign
+            recon = partial + books[m].index_select(0, assign)
+        new_books = fit_codebooks(x, new_codes, K) if M * K <= 8192 else books
+        err = reconstruction_mse(x, new_books, new_codes)
+        if err >= best:
+            break
+        best, books, codes = err, new_books, new_codes
+    return books, codes
+
+
 def reconstruct(codebooks: Tensor, codes: Tensor) -> Tensor:
     """Sum of the chosen codewords: ``codebooks (M, K, d)``, ``codes (n, M)`` -> ``(n, d)``."""
     M, K, d = codebooks.shape
@@ -447,8 +476,8 @@ class CodebookTable(ItemTable):
 
     @classmethod
     def from_vectors(cls, vectors: Tensor, M: int, K: int, method: str = "rq", seed: int = 0, *,
-                     iters: int = 25, refit: bool = True, dtype: str = "float32", bitpack: bool = False,
-                     chunk_size: int | None = None) -> CodebookTable:
+                     iters: int = 25, refit: bool = True, refine_iters: int = 0, dtype: str = "float32",
+                     bitpack: bool = False, chunk_size: int | None = None) -> CodebookTable:
         """Fit codebooks and codes to teacher item vectors ``(num_items + 1, dim)`` (row 0 ignored).
 
         ``method``:
@@ -460,7 +489,9 @@ class CodebookTable(ItemTable):
 
         With ``refit`` the codebooks are then replaced by the least-squares codebooks for the chosen codes
         (:func:`fit_codebooks`, only when ``M*K <= 8192`` and when it lowers the error); ``"random"``
-        always gets least-squares codebooks. Deterministic for a given ``seed`` on CPU.
+        always gets least-squares codebooks. ``refine_iters > 0`` then runs that many rounds of
+        :func:`icm_refine` (joint re-assignment of the codes; never raises the error).
+        Deterministic for a given ``seed`` on CPU.
         """
         cls._check_vectors(vectors)
         if method not in _INIT_METHODS:
@@ -480,6 +511,8 @@ class CodebookTable(ItemTable):
             refitted = fit_codebooks(x, codes, K)
             if reconstruction_mse(x, refitted, codes) < reconstruction_mse(x, books, codes):
                 books = refitted
+        if refine_iters > 0:
+            books, codes = icm_refine(x, books, codes, iters=refine_iters, chunk_size=chunk_size)
         table = table.to(x.device)
         with torch.no_grad():
             table.codebooks.copy_(books)

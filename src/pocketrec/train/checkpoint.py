@@ -54,7 +54,8 @@ def save_checkpoint(path: str | Path, model: SessionRecommender, meta: dict[str,
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / MODEL_FILE), metadata={"format": FORMAT})
         if optimizer is not None:
-            save_file(*_flatten_optimizer(optimizer), filename=str(tmp / OPTIMIZER_FILE))
+            tensors, metadata = _flatten_optimizer(optimizer)
+            save_file(tensors, str(tmp / OPTIMIZER_FILE), metadata=metadata)
         (tmp / META_FILE).write_text(json.dumps(full_meta, indent=1))
         if path.exists():
             old = path.with_name(f".{path.name}.old")

@@ -119,5 +119,5 @@ def train_teacher(dataset: Dataset, config: TeacherConfig, resume: bool = False
     return model, result
 
 
-def test_metrics(result: FitResult) -> dict[str, float]:
+def final_test_metrics(result: FitResult) -> dict[str, float]:
     return result.history[-1]["test"]
