@@ -62,7 +62,8 @@ def test_integer_session_fast_path_equals_string_path(tmp_path: Path) -> None:
     test = tmp_path / "test.txt"
     train.write_text("30 10 30\n20 10\n\n40 50 10\n")
     test.write_text("10 99 20\n99 98\n50 40\n")
-    vocab, train_ids, test_ids = encode_integer_sessions(read_session_arrays(train), read_session_arrays(test))
+    vocab, train_ids, test_ids = encode_integer_sessions(read_session_arrays(train),
+                                                         read_session_arrays(test))
     ref_vocab = build_vocabulary(read_session_lines(train))
     assert vocab.raw_ids == ref_vocab.raw_ids == ["30", "10", "20", "40", "50"]
     for fast, path in ((train_ids, train), (test_ids, test)):
@@ -70,16 +71,19 @@ def test_integer_session_fast_path_equals_string_path(tmp_path: Path) -> None:
         assert [s.tolist() for s in fast] == [s.tolist() for s in slow]
 
 
-def test_integer_session_fast_path_on_tmall(shared_data: Path) -> None:
-    folder = shared_data / "tmall"
-    vocab, train_ids, test_ids = encode_integer_sessions(
-        read_session_arrays(folder / "train_sessions.txt.gz"), read_session_arrays(folder / "test_sessions.txt.gz"))
-    raw_train = read_session_lines(folder / "train_sessions.txt.gz")
-    ref_vocab = build_vocabulary(raw_train)
+def test_integer_session_fast_path_on_real_files(shared_data: Path) -> None:
+    # Diginetica's test sessions as "training" and Tmall's as "test": a vocabulary that is not the
+    # identity, and test sessions that lose most of their items as unknown.
+    train = shared_data / "diginetica" / "test_sessions.txt.gz"
+    test = shared_data / "tmall" / "test_sessions.txt.gz"
+    vocab, train_ids, test_ids = encode_integer_sessions(read_session_arrays(train),
+                                                         read_session_arrays(test))
+    ref_vocab = build_vocabulary(read_session_lines(train))
     assert vocab.raw_ids == ref_vocab.raw_ids
-    assert vocab.raw_ids == [str(i) for i in range(1, 40728)]  # ids already in first-appearance order
-    slow = encode_sequences(raw_train, ref_vocab)
-    assert len(slow) == len(train_ids) and all(np.array_equal(a, b) for a, b in zip(slow, train_ids, strict=True))
+    for fast, path in ((train_ids, train), (test_ids, test)):
+        slow = encode_sequences(read_session_lines(path), ref_vocab)
+        assert len(slow) == len(fast)
+        assert all(np.array_equal(a, b) for a, b in zip(slow, fast, strict=True))
 
 
 # --------------------------------------------------------------------------------------- k-core

@@ -30,6 +30,17 @@ def write(path: Path, text: str, *, gz: bool = False, encoding: str = "utf-8") -
 # ------------------------------------------------------------------------------------------- text
 
 
+def test_data_error_message_and_copy() -> None:
+    import copy
+
+    err = DataError("tmall/train.txt", 17, "non-integer item id 'abc'")
+    assert str(err) == "tmall/train.txt:17: non-integer item id 'abc'"
+    assert isinstance(err, ValueError)
+    assert str(DataError(Path("a.csv"), None, "empty")) == "a.csv: empty"
+    clone = copy.deepcopy(err)  # same __reduce__ path as crossing into a worker process
+    assert (clone.path, clone.line, clone.reason) == (err.path, err.line, err.reason)
+
+
 def test_gzip_and_plain_read_the_same(tmp_path: Path) -> None:
     text = "1 2 3\n4 5\n"
     plain = write(tmp_path / "s.txt", text)
@@ -150,7 +161,8 @@ def test_amazon_beauty_sequences(shared_data: Path) -> None:
 
 
 def test_movielens_udata_layout(tmp_path: Path) -> None:
-    path = write(tmp_path / "u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t377\t1\t878887116\n")
+    path = write(tmp_path / "u.data",
+                 "196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t377\t1\t878887116\n")
     inter = read_interactions(path)
     assert inter.users == ["196", "186", "22"]
     assert inter.items == ["242", "302", "377"]

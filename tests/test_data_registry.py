@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pocketrec.data import DataError, Dataset, available_datasets, load_dataset, sniff_format
-from pocketrec.data import registry
+from pocketrec.data import DataError, Dataset, available_datasets, load_dataset, registry, sniff_format
 
 
 def write(path: Path, text: str) -> Path:
@@ -58,6 +57,8 @@ def test_diginetica_published_counts(shared_data: Path) -> None:
     assert ds.num_items == 43097
     assert expanded(ds) == (719470, 60858)
     assert ds.vocab.decode([1, 43097]) == ["1", "43097"]
+    with pytest.raises(DataError, match="dataset 'tmall' not found"):
+        load_dataset("tmall", root=shared_data / "diginetica")  # same layout, other dataset
 
 
 def test_session_valid_fraction(tmall: Dataset, shared_data: Path) -> None:
@@ -192,6 +193,18 @@ def test_load_session_lines_file_and_inter_folder(tmp_path: Path) -> None:
                                 + "".join(f"{u}\t{i}\t{i}\n" for u in range(3) for i in range(5)))
     ds = load_dataset(folder)
     assert ds.name == "toy" and ds.num_items == 5 and ds.test.num_examples == 3
+
+
+def test_registered_layout_folders(tmp_path: Path, shared_data: Path) -> None:
+    folder = tmp_path / "my-movies"  # laid out like ml-100k: loads with ml-100k's loader
+    write(folder / "u.data", "".join(f"{u}\t{i}\t{1 + (u + i) % 5}\t{100 * i}\n"
+                                     for u in (1, 2) for i in range(10, 15)))
+    write(folder / "u.item", "".join(f"{i}|Movie {i} (1990)|x\n" for i in range(10, 15)))
+    ds = load_dataset(folder)
+    assert ds.name == "my-movies" and ds.num_items == 5 and ds.test.num_examples == 2
+    assert ds.item_titles == {ds.vocab.encode(str(i)): f"Movie {i} (1990)" for i in range(10, 15)}
+    with pytest.raises(DataError, match="no known dataset layout"):
+        load_dataset(shared_data / "amazon-yelp-seq")  # three datasets: which one is a guess
 
 
 def test_bad_paths_and_names(tmp_path: Path) -> None:

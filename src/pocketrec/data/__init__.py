@@ -11,6 +11,7 @@ from pocketrec.data.errors import DataError
 from pocketrec.data.preprocess import (
     build_vocabulary,
     encode_sequences,
+    filter_min_rating,
     group_by_user_chronological,
     k_core,
     leave_one_out_split,
@@ -37,6 +38,7 @@ __all__ = [
     "build_vocabulary",
     "dataset_names",
     "encode_sequences",
+    "filter_min_rating",
     "group_by_user_chronological",
     "k_core",
     "leave_one_out_split",

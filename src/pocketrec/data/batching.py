@@ -35,7 +35,7 @@ class Batch:
 def windows(split: SequenceSplit, max_len: int) -> list[tuple[np.ndarray, int]]:
     """Cut each sequence into ``(tokens, first_target)`` windows of at most ``max_len + 1`` tokens."""
     out: list[tuple[np.ndarray, int]] = []
-    for seq, first in zip(split.sequences, split.first_target):
+    for seq, first in zip(split.sequences, split.first_target, strict=True):
         first = max(int(first), 1)
         end = len(seq)
         while end - 1 >= first:

@@ -94,7 +94,7 @@ class SequenceSplit:
     def expand(self) -> tuple[list[np.ndarray], np.ndarray]:
         """The explicit (prefix, target) pairs, in SR-GNN order within a sequence; for tests and export."""
         prefixes, targets = [], []
-        for seq, first in zip(self.sequences, self.first_target):
+        for seq, first in zip(self.sequences, self.first_target, strict=True):
             for t in range(max(int(first), 1), len(seq)):
                 prefixes.append(seq[:t])
                 targets.append(int(seq[t]))
@@ -125,7 +125,7 @@ class Dataset:
         of length ``L`` appears in ``L - 1 - i`` prefixes (see METHODS.md §1.4).
         """
         counts = np.zeros(self.num_items + 1, dtype=np.int64)
-        for seq, first in zip(self.train.sequences, self.train.first_target):
+        for seq, first in zip(self.train.sequences, self.train.first_target, strict=True):
             n_prefixes = len(seq) - max(int(first), 1)
             if n_prefixes <= 0:
                 continue

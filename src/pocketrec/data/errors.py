@@ -27,5 +27,5 @@ class DataError(ValueError):
             where = f"{where}:{line}"
         super().__init__(f"{where}: {reason}")
 
-    def __reduce__(self):  # keep the three-argument constructor picklable (multiprocessing workers)
+    def __reduce__(self):  # rebuild from the three parts (copy, and errors raised in worker processes)
         return (type(self), (self.path, self.line, self.reason))

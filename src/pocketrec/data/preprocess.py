@@ -114,6 +114,13 @@ def k_core(interactions: Interactions, k_user: int, k_item: int) -> Interactions
     return interactions.subset(keep)
 
 
+def filter_min_rating(interactions: Interactions, min_rating: float) -> Interactions:
+    """Rows rated at least ``min_rating`` (implicit feedback from explicit ratings, e.g. ``>= 4``)."""
+    if interactions.ratings is None:
+        raise DataError(interactions.source, None, "min_rating given, but the data has no ratings")
+    return interactions.subset(interactions.ratings >= min_rating)
+
+
 def group_by_user_chronological(interactions: Interactions,
                                 min_rating: float | None = None) -> list[tuple[str, list[str]]]:
     """``(user, items)`` pairs with each user's items sorted by time.
@@ -124,9 +131,7 @@ def group_by_user_chronological(interactions: Interactions,
     e.g. ``4``); ``None`` keeps every row.
     """
     if min_rating is not None:
-        if interactions.ratings is None:
-            raise DataError(interactions.source, None, "min_rating given, but the data has no ratings")
-        interactions = interactions.subset(interactions.ratings >= min_rating)
+        interactions = filter_min_rating(interactions, min_rating)
     if len(interactions) == 0:
         return []
     codes, users = _codes(interactions.users)

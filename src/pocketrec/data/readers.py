@@ -452,6 +452,8 @@ def _interactions_from_table(table: _Table, user_col: Column, item_col: Column, 
                 time_scale = 1e-3
             if d is None and date_col is None:
                 d = next((k for k, h in enumerate(table.header) if _normalise(h) in _DATE_NAMES), None)
+    if t is None and d is not None:  # only a date column: it is the time
+        t, d = d, None
     if width < 2 or u == i:
         raise DataError(table.path, None, f"need distinct user and item columns, the file has {width} "
                                           "column(s)")

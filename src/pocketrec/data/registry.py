@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from pocketrec.data.preprocess import (
     build_vocabulary,
     encode_integer_sessions,
     encode_sequences,
+    filter_min_rating,
     group_by_user_chronological,
     k_core,
     leave_one_out_split,
@@ -131,7 +133,11 @@ def _locate(spec: _Spec, root: str | Path | None) -> tuple[Files, str]:
     folders: list[Path] = []
     roots = data_roots(root)
     if root is not None:
-        folders += [roots[0] / spec.folder, roots[0]]
+        folders.append(roots[0] / spec.folder)
+        # root may be the dataset's own folder, but not another registered dataset's (same layout)
+        others = {s.folder for s in _REGISTRY.values()} - {spec.folder}
+        if roots[0].name not in others:
+            folders.append(roots[0])
     if spec.recbole:
         wheel = _recbole_ml100k_dir()
         if root is None and wheel is not None:
@@ -183,10 +189,8 @@ def _loo_dataset(name: str, source: str, users: list[tuple[str, list[str]]] | No
         users = None
     if users is None:
         assert interactions is not None
-        if min_rating is not None:
-            if interactions.ratings is None:
-                raise DataError(source, None, "min_rating given, but the data has no ratings")
-            interactions = interactions.subset(interactions.ratings >= min_rating)
+        if min_rating is not None:  # before k-core, as RecBole filters values before k-core
+            interactions = filter_min_rating(interactions, min_rating)
         if k is not None:
             interactions = k_core(interactions, k, k)
         users = group_by_user_chronological(interactions)
@@ -300,8 +304,11 @@ def _load_path(p: Path, opts: dict, fmt: str | None) -> Dataset:
     name = re.sub(r"(\.gz)?$", "", p.name)
     name = re.sub(r"\.(txt|csv|tsv|dat|data|inter)$", "", name) or p.name
     if p.is_dir():
-        for spec in [_Spec("folder", SESSION, "", "", _SESSION_LAYOUT, _load_session),
-                     *_REGISTRY.values()]:
+        # Registered layouts too (a copy of ml-100k/ loads as ml-100k), but not those of folders that
+        # hold several datasets (amazon-yelp-seq/): which one was meant is a guess.
+        folders = Counter(spec.folder for spec in _REGISTRY.values())
+        single = [spec for spec in _REGISTRY.values() if folders[spec.folder] == 1]
+        for spec in [_Spec("folder", SESSION, "", "", _SESSION_LAYOUT, _load_session), *single]:
             files = _match_layout(spec, p)
             if files is not None:
                 return spec.load(p.name, files, opts)
@@ -331,6 +338,7 @@ def load_dataset(name_or_path: str | Path, *, root: str | Path | None = None, va
 
     * a registered name (``tmall``, ``diginetica``, ``ml-100k``, ``beauty``, ``sports``, ``toys``,
       ``musical-instruments``), searched for as described in the module docstring (``root`` first);
+      a string that is a registered name is always the name; pass a ``Path`` to mean a folder;
     * a folder with ``train_sessions.txt[.gz]`` and ``test_sessions.txt[.gz]``: the session protocol;
       a folder laid out like a registered dataset loads as that dataset;
     * a single file: its format is sniffed (:func:`sniff_format`, or given as ``format``) and it is

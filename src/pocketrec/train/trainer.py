@@ -9,6 +9,7 @@ cross-entropy teacher and the distillation student share this one loop.
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from pocketrec.data.batching import Batch, iterate_batches, num_batches
 from pocketrec.data.dataset import SequenceSplit
+from pocketrec.train.allocator import reuse_large_allocations
 
 LossFn = Callable[[Batch], tuple[Tensor, dict[str, float]]]
 
@@ -79,7 +81,8 @@ def fit(model: nn.Module, train: SequenceSplit, loss_fn: LossFn, validate: Calla
     ``resume(optimizer)`` may restore a previous run and return its saved trainer state
     (``{"epoch", "history", "best_epoch", "best_valid", "bad_epochs"}``).
     """
-    log = log or (lambda msg: tqdm.write(msg) if config.progress else None)
+    reuse_large_allocations()
+    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     groups = parameters or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     state = resume(optimizer) if resume else None

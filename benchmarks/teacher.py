@@ -1,0 +1,81 @@
+"""Teacher benchmark: train the session teacher with the DESIGN.md protocol and print its figures.
+
+For each dataset (one subprocess each, so peak memory is per dataset): train on the first 90% of the
+training sessions, select the epoch on the last 10%, report test Recall@20 / MRR@20 / NDCG@20 at that
+epoch, mean epoch time and the process's peak RSS. Rows go to ``benchmarks/results/teacher.json``.
+
+    python benchmarks/teacher.py --datasets tmall,diginetica [--encoder.dim=64 ...]
+
+Reference points on these splits (P@20 / MRR@20, %): SR-GNN 27.57 / 13.72 (Tmall), 50.73 / 17.59
+(Diginetica); RecBole SASRec 19.8 / 10.7 and 48.5 / 16.7.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from common import peak_rss_mib, print_table, write_rows
+
+REFERENCE = {"tmall": {"SR-GNN": (27.57, 13.72), "GCE-GNN": (33.42, 15.42), "RecBole SASRec": (19.8, 10.7)},
+             "diginetica": {"SR-GNN": (50.73, 17.59), "GCE-GNN": (54.22, 19.04), "RecBole SASRec": (48.5, 16.7)}}
+DEFAULTS = ["encoder.dim=64", "train.epochs=12", "train.patience=2"]
+
+
+def run_one(dataset: str, overrides: list[str], out: str) -> dict:
+    import torch
+
+    from pocketrec.config import load_config, to_dict
+    from pocketrec.data.registry import load_dataset
+    from pocketrec.train.teacher import TeacherConfig, final_test_metrics, train_teacher
+
+    torch.set_num_threads(int(torch.get_num_threads()))
+    cfg = load_config(TeacherConfig, None,
+                      [*DEFAULTS, *overrides, f"dataset={dataset}", f"out={out}/teacher-{dataset}"])
+    data = load_dataset(dataset)
+    started = time.perf_counter()
+    model, result = train_teacher(data, cfg)
+    test = final_test_metrics(result)
+    return {
+        "dataset": dataset, "method": "teacher", "table_bytes": model.table.nbytes(),
+        "dense_table_bytes": model.table.nbytes(),
+        "recall@20": test["recall@20"], "mrr@20": test["mrr@20"], "ndcg@20": test["ndcg@20"],
+        "valid_" + cfg.train.metric: result.best_valid[cfg.train.metric],
+        "best_epoch": result.best_epoch + 1, "epochs_run": len(result.history) - 1,
+        "epoch_seconds": result.epoch_seconds, "total_seconds": time.perf_counter() - started,
+        "peak_rss_mib": peak_rss_mib(), "threads": torch.get_num_threads(), "config": to_dict(cfg),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="tmall,diginetica")
+    parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one dataset and print JSON
+    args, overrides = parser.parse_known_args()
+    if args.one:
+        print("ROW " + json.dumps(run_one(args.one, overrides, args.out)), flush=True)
+        return
+    rows = []
+    for dataset in args.datasets.split(","):
+        proc = subprocess.run([sys.executable, __file__, "--one", dataset, "--out", args.out, *overrides],
+                              stdout=subprocess.PIPE, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
+        if proc.returncode or not lines:
+            sys.exit(f"teacher benchmark failed on {dataset} (exit {proc.returncode})")
+        rows.append(json.loads(lines[-1][4:]))
+    write_rows("teacher", rows)
+    table = [{"dataset": r["dataset"], "Recall@20 %": 100 * r["recall@20"], "MRR@20 %": 100 * r["mrr@20"],
+              "NDCG@20 %": 100 * r["ndcg@20"], "best epoch": r["best_epoch"], "epoch s": r["epoch_seconds"],
+              "peak RSS MiB": r["peak_rss_mib"]} for r in rows]
+    print_table(table, list(table[0]))
+    for r in rows:
+        refs = ", ".join(f"{k} {p} / {m}" for k, (p, m) in REFERENCE.get(r["dataset"], {}).items())
+        print(f"{r['dataset']}: reference P@20 / MRR@20: {refs}")
+
+
+if __name__ == "__main__":
+    main()
