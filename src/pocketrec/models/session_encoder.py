@@ -45,7 +45,7 @@ class EncoderConfig:
     attn_dropout: float = 0.2
     max_len: int = 50
     readout: str = "attention"
-    normalize: bool = False
+    normalize: bool = True
     scale: float = 12.0
 
     def __post_init__(self) -> None:
