@@ -132,7 +132,7 @@ def demo(ctx: typer.Context,
     from pocketrec.train.teacher import TeacherConfig, final_test_metrics, train_teacher
 
     try:
-        cfg = load_config(TeacherConfig, None, ["train.epochs=15", "train.patience=3", *ctx.args,
+        cfg = load_config(TeacherConfig, None, ["train.epochs=40", "train.patience=8", "train.lr=0.002", *ctx.args,
                                                 f"dataset={dataset}", f"out={out / 'teacher'}"])
         if quiet:
             cfg.train.progress = False
