@@ -154,3 +154,64 @@ def demo(ctx: typer.Context,
                   + "; ".join(titles.get(int(i), data.vocab.decode([i])[0]) for i in history[-5:]))
     for rank, item in enumerate(top, 1):
         console.print(f"  {rank:2d}. {titles.get(item, data.vocab.decode([item])[0])}")
+
+
+@app.command()
+def export(checkpoint: Path = typer.Argument(..., help="checkpoint folder (e.g. runs/teacher-tmall/best)"),
+           out: Path = typer.Option(..., "-o", "--out", help="output file (model.safetensors or model.onnx)"),
+           fp16: bool = typer.Option(False, "--fp16", help="store the encoder and float table parts as float16"),
+           fmt: str = typer.Option("safetensors", "--format", help="safetensors (numpy runtime) or onnx"),
+           k: int = typer.Option(100, help="ONNX only: number of ranked items the graph returns")) -> None:
+    """Write a checkpoint as one device file: a .safetensors artifact for the numpy runtime, or ONNX.
+
+    Example: pocketrec export runs/teacher-tmall/best -o tmall.safetensors --fp16
+    """
+    from pocketrec.device.runtime import ArtifactError
+
+    try:
+        if fmt == "safetensors":
+            from pocketrec.device.artifact import export_artifact
+
+            export_artifact(checkpoint, out, fp16=fp16)
+        elif fmt == "onnx":
+            if fp16:
+                raise ValueError("--fp16 is only supported with --format safetensors")
+            from pocketrec.device.onnx_export import export_onnx
+
+            export_onnx(checkpoint, out, k=k)
+        else:
+            raise ValueError(f"--format must be 'safetensors' or 'onnx', got {fmt!r}")
+    except (*user_errors(), ArtifactError) as err:
+        fail(str(err))
+    console.print(f"wrote {out} ({out.stat().st_size:,} bytes)")
+
+
+@app.command()
+def recommend(artifact: Path = typer.Argument(..., help="device artifact (.safetensors from `pocketrec export`)"),
+              history: str = typer.Option(..., help="comma-separated raw item ids, oldest first"),
+              k: int = typer.Option(10, "-k", help="number of items to recommend"),
+              exclude_history: bool = typer.Option(False, help="do not recommend items of the history"),
+              as_json: bool = typer.Option(False, "--json", help="print ids and scores as JSON")) -> None:
+    """Recommend with the numpy runtime (no PyTorch): ranked raw item ids and scores.
+
+    Example: pocketrec recommend tmall.safetensors --history 12,7,99 -k 10
+    """
+    import warnings
+
+    from pocketrec.device.runtime import load
+
+    items = [h.strip() for h in history.split(",") if h.strip()]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = load(artifact)
+            ids, scores = model.recommend(items, k=k, exclude_history=exclude_history)
+    except user_errors() as err:
+        fail(str(err))
+    for warning in caught:
+        console.print(f"[yellow]warning:[/yellow] {warning.message}")
+    if as_json:
+        print(json.dumps({"items": ids, "scores": [float(s) for s in scores]}))
+        return
+    for rank, (item, score) in enumerate(zip(ids, scores, strict=True), 1):
+        print(f"{rank:3d}. {item}\t{score:.4f}")

@@ -1,0 +1,110 @@
+"""The device artifact: one ``.safetensors`` file per device (write side; needs torch).
+
+Layout of the file (read by the numpy-only :mod:`pocketrec.device.runtime`):
+
+* ``encoder/<name>``: every session-encoder weight of :class:`SessionRecommender` (its ``state_dict``
+  without the item table), float32, or float16 with ``fp16=True``;
+* ``table/<name>``: the item table's :meth:`ItemTable.export` arrays at their stored types (uint8 codes
+  stay uint8, bit-packed codes stay packed); with ``fp16=True`` its float32 arrays become float16 and the
+  description's ``dtype`` says so;
+* the safetensors metadata (string -> string) is the manifest: ``format`` (``pocketrec-device``),
+  ``version``, ``table`` (description JSON), ``encoder`` (config JSON), ``num_items``, ``vocab`` (JSON list
+  of raw ids; internal id ``i`` is ``vocab[i-1]``), ``table_nbytes``, ``dataset`` and ``checksum``: the
+  sha256 of :func:`tensor_checksum` over all tensors.
+
+Nothing is pickled; safetensors parsing never executes code. The file is written to a temporary name next
+to the target and renamed into place, so a crash never leaves half an artifact behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pocketrec.device.runtime import FORMAT, VERSION, tensor_checksum
+
+
+def _encoder_arrays(model: Any, fp16: bool) -> dict[str, np.ndarray]:
+    dtype = np.float16 if fp16 else np.float32
+    out = {}
+    for name, value in model.state_dict().items():
+        if name.startswith("table."):
+            continue
+        arr = value.detach().cpu().numpy()
+        if np.issubdtype(arr.dtype, np.floating):
+            arr = arr.astype(dtype)
+        out[f"encoder/{name}"] = np.ascontiguousarray(arr)
+    return out
+
+
+def _table_arrays(table: Any, fp16: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    arrays, description = table.export()
+    description = dict(description)
+    out = {}
+    for name, arr in arrays.items():
+        if fp16 and arr.dtype == np.float32:
+            arr = arr.astype(np.float16)
+        out[f"table/{name}"] = np.ascontiguousarray(arr)
+    if fp16 and "dtype" in description:
+        description["dtype"] = "float16"
+    return out, description
+
+
+def build_artifact(model: Any, vocab: list[str] | None = None, fp16: bool = False,
+                   dataset: str = "") -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The tensors and manifest of the artifact of ``model`` (a :class:`SessionRecommender`)."""
+    table = model.table
+    vocab = [str(v) for v in vocab] if vocab is not None else [str(i) for i in range(1, table.num_items + 1)]
+    if len(vocab) != table.num_items:
+        raise ValueError(f"vocabulary has {len(vocab)} ids but the item table has {table.num_items} items")
+    tensors = _encoder_arrays(model, fp16)
+    table_tensors, description = _table_arrays(table, fp16)
+    tensors.update(table_tensors)
+    manifest = {
+        "format": FORMAT,
+        "version": str(VERSION),
+        "table": json.dumps(description),
+        "encoder": json.dumps(model.config.to_dict()),
+        "num_items": str(table.num_items),
+        "vocab": json.dumps(vocab),
+        "table_nbytes": str(sum(a.nbytes for a in table_tensors.values())),
+        "dataset": str(dataset),
+        "checksum": tensor_checksum(tensors),
+    }
+    return tensors, manifest
+
+
+def export_artifact(checkpoint_or_model: Any, path: str | Path, fp16: bool = False,
+                    vocab: list[str] | None = None, dataset: str | None = None) -> Path:
+    """Write the device artifact of a checkpoint folder (or a model) to ``path``; returns ``path``.
+
+    With a checkpoint the vocabulary and dataset name come from its ``checkpoint.json``; with a model pass
+    ``vocab`` (raw ids of items ``1..n``), or the raw ids are the internal ids ``"1".."n"``.
+    """
+    from safetensors.numpy import save_file
+
+    if isinstance(checkpoint_or_model, (str, Path)):
+        from pocketrec.train.checkpoint import load_checkpoint
+
+        model, meta = load_checkpoint(checkpoint_or_model)
+        vocab = vocab if vocab is not None else meta.get("vocab")
+        dataset = dataset if dataset is not None else str(meta.get("dataset", ""))
+    else:
+        model = checkpoint_or_model
+    tensors, manifest = build_artifact(model, vocab, fp16, dataset or "")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=manifest)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

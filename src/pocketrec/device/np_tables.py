@@ -1,0 +1,228 @@
+"""Numpy scorers of the item tables, for the torch-free device runtime (numpy only).
+
+One class per table kind, registered by the kind name of :meth:`ItemTable.export`'s description
+(:func:`register_scorer`); the runtime looks the kind up in :data:`SCORERS`, so a new table kind adds a
+scorer here (or anywhere, with the decorator) without touching the runtime core. A scorer is built from
+the artifact's ``table/`` arrays (names without the prefix) and the description, and offers:
+
+* ``rows(ids)``: ``(len(ids), dim)`` float32 vectors of internal ids (id 0 gives zeros), for the encoder input;
+* ``score(query)``: ``(num_items + 1,)`` float32 scores of one ``(dim,)`` query against every item, using
+  the table's own fast path; entry 0 (padding) is meaningless and never ranked by the runtime;
+* ``row_norms()``: ``(num_items + 1,)`` float32 L2 norms of the rows (entry 0 set to 1), computed in chunks.
+
+Each mirrors its torch table exactly (same formulas, float32 arithmetic).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from pocketrec.device.bitpack import unpack_codes
+
+SCORERS: dict[str, type[NumpyTable]] = {}
+
+_CHUNK_ROWS = 16384
+
+
+def register_scorer(kind: str) -> Callable[[type[NumpyTable]], type[NumpyTable]]:
+    """Class decorator: serve tables of ``kind`` with this numpy scorer."""
+    def wrap(cls: type[NumpyTable]) -> type[NumpyTable]:
+        cls.kind = kind
+        SCORERS[kind] = cls
+        return cls
+    return wrap
+
+
+class NumpyTable:
+    """Base class: ``num_items``, ``dim`` and the three operations (see the module docstring)."""
+
+    kind = ""
+
+    def __init__(self, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> None:
+        self.num_items = int(description["num_items"])
+        self.dim = int(description["dim"])
+        self.num_rows = self.num_items + 1
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def score(self, query: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def row_blocks(self, chunk: int = _CHUNK_ROWS) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``(start, stop, rows)`` over ids ``0..num_items``; default: :meth:`rows` on id ranges."""
+        for start in range(0, self.num_rows, chunk):
+            stop = min(start + chunk, self.num_rows)
+            yield start, stop, self.rows(np.arange(start, stop))
+
+    def row_norms(self) -> np.ndarray:
+        norms = np.empty(self.num_rows, dtype=np.float32)
+        for start, stop, rows in self.row_blocks():
+            norms[start:stop] = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+        norms[0] = 1.0
+        return np.maximum(norms, np.float32(1e-8))
+
+
+def _require(arrays: dict[str, np.ndarray], names: list[str], kind: str) -> None:
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise ValueError(f"{kind} table is missing arrays {missing} (has {sorted(arrays)})")
+
+
+@register_scorer("dense")
+class DenseScorer(NumpyTable):
+    """Rows stored as they are (float32 or float16); scores are chunked matmuls in float32."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> None:
+        super().__init__(arrays, description)
+        _require(arrays, ["weight"], "dense")
+        self.weight = arrays["weight"]
+        if self.weight.shape != (self.num_rows, self.dim):
+            raise ValueError(f"dense weight has shape {self.weight.shape}, expected {(self.num_rows, self.dim)}")
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        out = self.weight[ids].astype(np.float32)
+        out[ids == 0] = 0.0
+        return out
+
+    def score(self, query: np.ndarray) -> np.ndarray:
+        if self.weight.dtype == np.float32:
+            return self.weight @ query
+        out = np.empty(self.num_rows, dtype=np.float32)
+        for start in range(0, self.num_rows, _CHUNK_ROWS):  # upcast a chunk at a time: fp16 stays fp16
+            out[start:start + _CHUNK_ROWS] = self.weight[start:start + _CHUNK_ROWS].astype(np.float32) @ query
+        return out
+
+
+@register_scorer("tt")
+class TTScorer(NumpyTable):
+    """Semi-tensor-product tensor train (:mod:`pocketrec.tables.tt`): rows rebuilt from the cores.
+
+    Core ``k`` is ``(R_{k-1}/t_k, I_k, J_k/t_k, R_k)``; one STP step maps a state ``(n, A, R_in)`` to
+    ``new[.., (a, q, s), r] = sum_p state[.., a, p*t + s] * core[p, i, q, r]`` exactly as ``TTTable._step``.
+    Scoring rebuilds rows in blocks of whole first digits (``TTTable._first_digit_blocks``).
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> None:
+        super().__init__(arrays, description)
+        self.item_factors = [int(i) for i in description["item_factors"]]
+        self.dim_factors = [int(j) for j in description["dim_factors"]]
+        self.t = int(description["t"])
+        names = [f"core_{c}" for c in range(len(self.item_factors))]
+        _require(arrays, names, "tt")
+        self.cores = [np.ascontiguousarray(arrays[n], dtype=np.float32) for n in names]
+        self.strides = [math.prod(self.item_factors[c + 1:]) for c in range(len(self.item_factors))]
+        if self.strides[0] * self.item_factors[0] < self.num_rows:
+            raise ValueError(f"tt item factors {self.item_factors} cover fewer than {self.num_rows} rows")
+
+    def _step_all(self, state: np.ndarray, core: np.ndarray) -> np.ndarray:
+        n, width, r_in = state.shape
+        t = self.t
+        p, i_k, q, r_out = core.shape
+        s4 = state.reshape(n, width, r_in // t, t).transpose(0, 1, 3, 2).reshape(n * width * t, p)
+        out = (s4 @ core.reshape(p, i_k * q * r_out)).reshape(n, width, t, i_k, q, r_out)
+        out = out.transpose(0, 3, 1, 4, 2, 5)  # (n, i, a, q, s, r)
+        return out.reshape(n * i_k, width * q * t, r_out)
+
+    def _step_items(self, state: np.ndarray, core: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        n, width, r_in = state.shape
+        s4 = state.reshape(n, width, r_in // self.t, self.t)
+        sl = core[:, idx].transpose(1, 0, 2, 3)  # (n, p, q, r)
+        out = np.einsum("naps,npqr->naqsr", s4, sl)
+        return out.reshape(n, width * core.shape[2] * self.t, core.shape[3])
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() > self.num_items):
+            raise IndexError(f"ids must lie in 0..{self.num_items}")
+        digits = [(ids // s) % n for s, n in zip(self.strides, self.item_factors, strict=True)]
+        state = self.cores[0][0, digits[0]]
+        for core, idx in zip(self.cores[1:], digits[1:], strict=True):
+            state = self._step_items(state, core, idx)
+        out = state.reshape(ids.size, self.dim).astype(np.float32, copy=False)
+        out[ids == 0] = 0.0
+        return out
+
+    def row_blocks(self, chunk: int = _CHUNK_ROWS) -> Iterator[tuple[int, int, np.ndarray]]:
+        per_first = self.strides[0]
+        step = max(1, chunk // per_first)
+        firsts = -(-self.num_rows // per_first)
+        for lo in range(0, firsts, step):
+            hi = min(lo + step, firsts)
+            state = self.cores[0][0, lo:hi]
+            for core in self.cores[1:]:
+                state = self._step_all(state, core)
+            start, stop = lo * per_first, min(hi * per_first, self.num_rows)
+            yield start, stop, state.reshape(-1, self.dim)[: stop - start]
+
+    def score(self, query: np.ndarray) -> np.ndarray:
+        out = np.empty(self.num_rows, dtype=np.float32)
+        for start, stop, rows in self.row_blocks():
+            out[start:stop] = rows @ query
+        return out
+
+
+@register_scorer("codebook")
+class CodebookScorer(NumpyTable):
+    """Compositional codes (:mod:`pocketrec.tables.codebook`): ``e_i = sum_m A[m, c_i^m]``.
+
+    Scoring builds the lookup tables ``LUT[m] = A[m] @ q`` (``M*K*dim`` multiply-adds) and sums ``M``
+    gathered entries per item. Bit-packed codes are unpacked once at load into the smallest unsigned type
+    (``n*M`` bytes for K <= 256), stored codebook-major ``(M, n)`` so each gather reads contiguously.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> None:
+        super().__init__(arrays, description)
+        _require(arrays, ["codebooks", "codes"], "codebook")
+        self.M, self.K = int(description["M"]), int(description["K"])
+        books = arrays["codebooks"]
+        if books.shape != (self.M, self.K, self.dim):
+            raise ValueError(f"codebooks have shape {books.shape}, expected {(self.M, self.K, self.dim)}")
+        self.codebooks = np.ascontiguousarray(books, dtype=np.float32)
+        codes = arrays["codes"]
+        count = self.num_items * self.M
+        if description.get("bitpack"):
+            codes = unpack_codes(codes, int(description["code_bits"]), count)
+        if codes.size != count:
+            raise ValueError(f"codebook table has {codes.size} codes, expected {count}")
+        codes = codes.reshape(self.num_items, self.M)
+        if codes.size and int(codes.max()) >= self.K:
+            raise ValueError(f"codes must lie in 0..{self.K - 1}")
+        self.codes_t = np.ascontiguousarray(codes.T)  # (M, n), items 1..n
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        out = np.zeros((ids.size, self.dim), dtype=np.float32)
+        real = ids > 0
+        idx = ids[real] - 1
+        acc = np.zeros((idx.size, self.dim), dtype=np.float32)
+        for m in range(self.M):
+            acc += self.codebooks[m][self.codes_t[m, idx]]
+        out[real] = acc
+        return out
+
+    def lookup_tables(self, query: np.ndarray) -> np.ndarray:
+        return self.codebooks @ query  # (M, K)
+
+    def score(self, query: np.ndarray) -> np.ndarray:
+        lut = self.lookup_tables(query)
+        out = np.empty(self.num_rows, dtype=np.float32)
+        out[0] = 0.0
+        items = out[1:]
+        np.take(lut[0], self.codes_t[0], out=items)
+        for m in range(1, self.M):
+            items += lut[m].take(self.codes_t[m])
+        return out
+
+
+def make_scorer(arrays: dict[str, np.ndarray], description: dict[str, Any]) -> NumpyTable:
+    """The registered numpy scorer of ``description["kind"]``."""
+    kind = description.get("kind")
+    if kind not in SCORERS:
+        raise ValueError(f"no numpy scorer for item-table kind {kind!r} (known: {', '.join(sorted(SCORERS))})")
+    return SCORERS[kind](arrays, description)

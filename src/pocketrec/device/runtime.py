@@ -1,0 +1,223 @@
+"""The on-device runtime: load a ``.safetensors`` artifact and recommend, with numpy only (no torch).
+
+    from pocketrec.device.runtime import load
+    model = load("model.safetensors")
+    ids, scores = model.recommend(["12", "7", "99"], k=10)
+
+This module imports only numpy, safetensors, json, hashlib and the standard library (a test checks that
+importing it does not import torch). :func:`load` checks the manifest's format, version and the sha256
+checksum of every tensor, and turns anything it cannot trust (a missing, truncated or tampered file, a
+different version, a pickle renamed to ``.safetensors``; safetensors parsing never executes code) into an
+:class:`ArtifactError` with a one-line message.
+
+Memory: the item table stays at its stored types (uint8 codes stay uint8, float16 rows stay float16 and
+are upcast a chunk at a time); bit-packed codes are unpacked once at load (``n*M`` bytes for K <= 256);
+encoder weights are cast to float32 (small); in cosine mode (``normalize``) the item norms are computed
+once at load and kept, ``4 * (num_items + 1)`` bytes. Scoring allocates ``(num_items + 1)`` float32 scores
+plus, for TT tables, one block of rebuilt rows (about 16k rows) at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pocketrec.device.np_encoder import NumpyEncoder
+from pocketrec.device.np_tables import NumpyTable, make_scorer
+
+FORMAT = "pocketrec-device"
+ONNX_FORMAT = "pocketrec-device-onnx"
+VERSION = 1
+_REQUIRED = ("format", "version", "table", "encoder", "num_items", "vocab", "checksum")
+
+
+class ArtifactError(ValueError):
+    """A device artifact that is missing, damaged, of another version or not a pocketrec artifact."""
+
+
+def tensor_checksum(tensors: dict[str, np.ndarray]) -> str:
+    """sha256 over ``name, dtype, shape, bytes`` of every tensor, in sorted name order (little-endian)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        header = json.dumps([name, arr.dtype.name, list(arr.shape)])
+        digest.update(header.encode())
+        digest.update(b"\0")
+        digest.update(memoryview(arr).cast("B"))
+    return digest.hexdigest()
+
+
+def read_artifact(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Tensors and manifest of an artifact, verified; raises :class:`ArtifactError`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such artifact file")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            manifest = dict(f.metadata() or {})
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ArtifactError(f"{path}: not a readable safetensors file ({reason[:200]})") from None
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: not a pocketrec device artifact (format {manifest.get('format')!r})")
+    if manifest.get("version") != str(VERSION):
+        raise ArtifactError(f"{path}: artifact version {manifest.get('version')} is not supported "
+                            f"(this runtime reads version {VERSION})")
+    missing = [k for k in _REQUIRED if k not in manifest]
+    if missing:
+        raise ArtifactError(f"{path}: manifest is missing {missing}")
+    if tensor_checksum(tensors) != manifest["checksum"]:
+        raise ArtifactError(f"{path}: checksum mismatch, the tensors were modified or damaged")
+    return tensors, manifest
+
+
+class DeviceModel:
+    """A loaded artifact: a numpy session encoder plus a numpy item-table scorer.
+
+    Attributes: ``vocab`` (raw ids of internal ids ``1..n``), ``num_items``, ``max_len``, ``manifest``,
+    ``table`` (the :class:`~pocketrec.device.np_tables.NumpyTable`), ``encoder``.
+    """
+
+    def __init__(self, tensors: dict[str, np.ndarray], manifest: dict[str, str], source: str = "") -> None:
+        try:
+            self.manifest = manifest
+            self.table_description: dict[str, Any] = json.loads(manifest["table"])
+            self.encoder_config: dict[str, Any] = json.loads(manifest["encoder"])
+            self.vocab: list[str] = [str(v) for v in json.loads(manifest["vocab"])]
+            self.num_items = int(manifest["num_items"])
+        except (ValueError, TypeError, KeyError) as err:
+            raise ArtifactError(f"{source}: damaged manifest ({err})") from None
+        if len(self.vocab) != self.num_items:
+            raise ArtifactError(f"{source}: vocabulary has {len(self.vocab)} ids, expected {self.num_items}")
+        self._index = {raw: i + 1 for i, raw in enumerate(self.vocab)}
+        table_arrays = {k[len("table/"):]: v for k, v in tensors.items() if k.startswith("table/")}
+        enc_arrays = {k[len("encoder/"):]: v for k, v in tensors.items() if k.startswith("encoder/")}
+        try:
+            self.table: NumpyTable = make_scorer(table_arrays, self.table_description)
+            self.encoder = NumpyEncoder({k: v for k, v in enc_arrays.items()}, self.encoder_config)
+        except (ValueError, KeyError, TypeError) as err:
+            raise ArtifactError(f"{source}: {err}") from None
+        if self.table.num_items != self.num_items or self.table.dim != self.encoder.dim:
+            raise ArtifactError(f"{source}: table ({self.table.num_items} items, dim {self.table.dim}) does not "
+                                f"fit the manifest ({self.num_items} items, encoder dim {self.encoder.dim})")
+        self.max_len = self.encoder.max_len
+        self.table_nbytes = int(sum(a.nbytes for a in table_arrays.values()))
+        self.norms = self.table.row_norms() if self.encoder.normalize else None
+
+    # ------------------------------------------------------------------------------ internal ids
+    def encode(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Query vector ``(dim,)`` of one session of internal ids (1..n, oldest first, <= max_len)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0 or ids.min() < 1 or ids.max() > self.num_items:
+            raise ValueError(f"a session needs 1..{self.max_len} internal ids in 1..{self.num_items}")
+        return self.encoder.encode(self.table.rows(ids))
+
+    def scores(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Scores ``(num_items + 1,)`` float32 of every item for a session of internal ids; entry 0 is -inf."""
+        out = self.table.score(self.encode(ids)).astype(np.float32, copy=False)
+        if self.norms is not None:
+            out = out / self.norms
+        out[0] = -np.inf
+        return out
+
+    def top_k(self, ids: Sequence[int] | np.ndarray, k: int = 10, exclude: Sequence[int] = ()
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Internal ids and scores of the ``k`` best items (ties: smaller id first); never id 0 nor ``exclude``."""
+        scores = self.scores(ids)
+        if len(exclude):
+            scores[np.asarray(exclude, dtype=np.int64)] = -np.inf
+        k = max(0, min(int(k), self.num_items))
+        if k == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        kth = -np.partition(-scores[1:], k - 1)[k - 1]  # the k-th best score
+        cand = np.flatnonzero(scores >= kth)  # every item tied with it too, so ties order by id
+        cand = cand[cand != 0]
+        order = np.lexsort((cand, -scores[cand]))[:k]
+        best = cand[order]
+        best = best[np.isfinite(scores[best])]  # excluded items are never returned, even when k is large
+        return best, scores[best]
+
+    @property
+    def num_rows(self) -> int:
+        return self.num_items + 1
+
+    # ---------------------------------------------------------------------------------- raw ids
+    def internal_ids(self, history: Sequence[str | int]) -> list[int]:
+        """Internal ids of raw ids; unknown ids are skipped with a warning."""
+        known, unknown = [], []
+        for raw in history:
+            idx = self._index.get(str(raw))
+            if idx is None:
+                unknown.append(str(raw))
+            else:
+                known.append(idx)
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            warnings.warn(f"skipping {len(unknown)} item id(s) unknown to this model: {shown}", stacklevel=3)
+        return known
+
+    def recommend(self, history: Sequence[str | int], k: int = 10, exclude_history: bool = False
+                  ) -> tuple[list[str], np.ndarray]:
+        """The ``k`` best raw item ids after ``history`` (raw ids, oldest first) and their scores.
+
+        Ids the model does not know are skipped with a ``UserWarning``; a history with no known id raises
+        ``ValueError``. Only the last ``max_len`` known items are used. ``exclude_history`` drops the
+        history's items from the ranking.
+        """
+        ids = self.internal_ids(history)
+        if not ids:
+            raise ValueError("history has no item known to this model; cannot recommend")
+        ids = ids[-self.max_len:]
+        best, scores = self.top_k(ids, k, exclude=ids if exclude_history else ())
+        return [self.vocab[i - 1] for i in best], scores
+
+
+def load(path: str | Path) -> DeviceModel:
+    """Load and verify a device artifact (see the module docstring); raises :class:`ArtifactError`."""
+    tensors, manifest = read_artifact(path)
+    return DeviceModel(tensors, manifest, source=str(path))
+
+
+class OnnxModel:
+    """An exported ONNX model (:mod:`pocketrec.device.onnx_export`) in onnxruntime (imported lazily, torch-free).
+
+    ``top_k(internal ids)`` returns the graph's ranked internal ids and scores; ``recommend`` maps raw ids.
+    """
+
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("format") != ONNX_FORMAT:
+            raise ArtifactError(f"{path}: not a pocketrec ONNX model")
+        self.vocab: list[str] = json.loads(meta["vocab"])
+        self.max_len = int(json.loads(meta["encoder"])["max_len"])
+        self._index = {raw: i + 1 for i, raw in enumerate(self.vocab)}
+
+    def top_k(self, ids: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Internal ids and scores (best first) for one session of internal ids."""
+        feed = np.asarray(ids, dtype=np.int64).reshape(1, -1)[:, -self.max_len:]
+        scores, indices = self.session.run(None, {"item_ids": feed})
+        return indices[0], scores[0]
+
+    def recommend(self, history: list[str | int], k: int = 10) -> tuple[list[str], np.ndarray]:
+        ids = [self._index[str(r)] for r in history if str(r) in self._index]
+        if not ids:
+            raise ValueError("history has no item known to this model; cannot recommend")
+        best, scores = self.top_k(ids)
+        return [self.vocab[int(i) - 1] for i in best[:k]], scores[:k]
