@@ -215,3 +215,50 @@ def recommend(artifact: Path = typer.Argument(..., help="device artifact (.safet
         return
     for rank, (item, score) in enumerate(zip(ids, scores, strict=True), 1):
         print(f"{rank:3d}. {item}\t{score:.4f}")
+
+
+@app.command(context_settings=OVERRIDES)
+def compress(ctx: typer.Context,
+             method: str = typer.Option("odrec", help="compression method: odrec"),
+             teacher: Path = typer.Option(..., help="teacher checkpoint folder (e.g. runs/teacher-tmall/best)"),
+             budget: str = typer.Option("3%", help="item-table budget: '3%' or '30x' of the dense table, "
+                                                   "'200KB', '1.5MB', or bytes"),
+             dataset: str | None = typer.Option(None, help="dataset; default: the one the teacher was trained on"),
+             out: Path | None = typer.Option(None, help="run folder; default runs/METHOD-DATASET-BUDGET"),
+             config: Path | None = typer.Option(None, help="YAML file with distill:/train: sections"),
+             quiet: bool = typer.Option(False, help="no progress bars")) -> None:
+    """Compress a teacher into a small student that fits a byte budget for its item table.
+
+    Example: pocketrec compress --method odrec --teacher runs/teacher-tmall/best --budget 3% --train.epochs=10
+    """
+    from pocketrec.data.registry import load_dataset
+    from pocketrec.eval.metrics import format_metrics
+    from pocketrec.search.budget import format_bytes
+    from pocketrec.train.checkpoint import read_meta
+
+    methods = ("odrec",)
+    try:
+        if method not in methods:
+            raise ValueError(f"--method must be one of {', '.join(methods)}, got {method!r}")
+        from pocketrec.config import load_config
+        from pocketrec.methods.odrec import ODRecConfig, compress_from_config
+
+        teacher_meta = read_meta(teacher)
+        name = dataset or teacher_meta.get("dataset")
+        if not name:
+            raise ValueError(f"{teacher}: the checkpoint does not name its dataset; pass --dataset")
+        default_out = Path("runs") / f"{method}-{Path(str(name)).stem}-{budget.replace('%', 'pct')}"
+        cfg = load_config(ODRecConfig, config, [*ctx.args, f"teacher={teacher}", f"dataset={name}",
+                                                f"budget={budget}", f"out={out or default_out}"])
+        if quiet:
+            cfg.train.progress = False
+        data = load_dataset(cfg.dataset)
+        console.print(f"{data.name}: {data.num_items:,} items; teacher {teacher}; budget {budget}")
+        student, result = compress_from_config(cfg, data)
+    except user_errors() as err:
+        fail(str(err))
+    console.print(f"student table {student.table.describe()}")
+    console.print(f"{format_bytes(result.table_bytes)} vs dense {format_bytes(result.dense_table_bytes)} "
+                  f"({result.ratio:.1f}x smaller)")
+    console.print(f"best epoch {result.fit.best_epoch + 1}; test {format_metrics(result.test)}")
+    console.print(f"checkpoint: {Path(cfg.out) / 'best'}")

@@ -1,0 +1,231 @@
+"""Self-supervised knowledge distillation from a frozen teacher (OD-Rec; reused by EODRec).
+
+The loss (METHODS.md §1.4, without the bugs of §1.8) is
+
+    L = (1 - λ) L_rec + λ L_KD + β L_CL + α L_pred
+
+* ``L_rec``: catalogue cross-entropy of the student's logits at every target position.
+* ``L_KD``: KL(teacher || student) of the catalogue distributions at every target position, at
+  temperature ``kd_temperature`` (scaled by T²). The teacher runs in eval mode under ``no_grad`` (the
+  authors' code forgets to detach, §1.8 item 7). **Mean-reduced** over examples, whereas the authors
+  *sum* over their batch of 100, which makes their λ = 0.8 an effective weight of about 80 against the
+  mean-reduced CE. Here λ = 0.8 (default) weighs a per-example KL, so the CE and KL are balanced
+  0.2 : 0.8 per example whatever the batch size. The padding column is left out of the KL.
+* ``L_CL``: InfoNCE (cosine, τ = ``cl_temperature``) between the recombined views ``v_S``, ``v_T`` of
+  :mod:`pocketrec.train.recombination`; the other prefixes of the batch are the negatives. With
+  ``bidirectional`` the loss is the mean of the two directions (``v_S`` anchors against all ``v_T`` and
+  ``v_T`` against all ``v_S``), EODRec's placeholder of METHODS.md §2.7 item 5; averaging keeps β's scale.
+* ``L_pred``: ``CE(score_S(W_c[r_S_hot; r_T_cold]), y) + CE(score_T(W_d[r_T_hot; r_S_cold]), y)``, the
+  hot-only / cold-only prefixes contributing the symmetric swap ``CE(score_S(z_T), y) + CE(score_T(z_S), y)``
+  (the authors pass these in a scrambled order, §1.8 item 6). ``score_M(v)`` ranks the catalogue with
+  model M's own table and scoring convention: the paper's ``norm(v) · Eᵀ`` for raw dot-product models,
+  and the cosine ``scale · cos(v, e)`` of :meth:`SessionRecommender.item_scores` when the encoder
+  normalises (``EncoderConfig.normalize``).
+
+SSL prefixes. By default only the longest prefix of each batch row (``ssl_positions="last"``) feeds
+``L_CL`` and ``L_pred``, which bounds their cost at one prefix per row; ``"all"`` uses every target.
+
+What is trained. The student (table and encoder) and the :class:`RecombinationHeads`: the four
+sub-session readouts (the teacher-side ``teacher_hot``/``teacher_cold`` included -- the authors never
+train them, §1.8 item 2) and ``W_a..W_d``. The teacher's encoder and item table are frozen
+(``requires_grad_(False)``). The optimiser is built by the trainer *after* all of these exist
+(:meth:`DistillationLoss.param_groups`), unlike the authors' code (§1.8 item 1). The heads are
+training-only: checkpoints hold the student alone.
+
+``init_student_encoder_from_teacher`` (default on) copies every non-table weight of the teacher
+(positions, Transformer, readout) into the student before training. This is a toolkit choice, not the
+paper's (the authors start the student from scratch): the student has the same encoder, so starting
+from the teacher's leaves only the compressed table to learn and speeds convergence a lot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pocketrec.data.batching import Batch
+from pocketrec.models.session_encoder import SessionRecommender
+from pocketrec.train.checkpoint import copy_weights
+from pocketrec.train.losses import catalogue_cross_entropy, distillation_kl, info_nce
+from pocketrec.train.recombination import POSITIONS, RecombinationHeads, select_positions, split_prefixes
+
+TERMS = ("rec", "kd", "cl", "pred")
+
+
+@dataclass
+class DistillConfig:
+    """Weights and switches of the distillation loss (see the module docstring).
+
+    ``kd_weight`` is λ: the CE gets ``1 - λ`` and the KL ``λ``. ``cl_weight`` is β, ``pred_weight`` α (the
+    authors' 0.2 and 0.001). Each ``use_*`` switch removes its term (and its part of the logged parts).
+    """
+
+    kd_weight: float = 0.8
+    cl_weight: float = 0.2
+    pred_weight: float = 0.001
+    kd_temperature: float = 1.0
+    cl_temperature: float = 0.2
+    hot_ratio: float = 0.2
+    use_rec: bool = True
+    use_kd: bool = True
+    use_cl: bool = True
+    use_pred: bool = True
+    bidirectional: bool = False
+    ssl_positions: str = "last"
+    init_student_encoder_from_teacher: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.kd_weight <= 1.0:
+            raise ValueError(f"kd_weight (λ) must lie in [0, 1], got {self.kd_weight}")
+        for name in ("cl_weight", "pred_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("kd_temperature", "cl_temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.hot_ratio <= 1.0:
+            raise ValueError(f"hot_ratio must lie in [0, 1], got {self.hot_ratio}")
+        if self.ssl_positions not in POSITIONS:
+            raise ValueError(f"ssl_positions must be one of {POSITIONS}, got {self.ssl_positions!r}")
+        if not any(self.enabled(t) for t in TERMS):
+            raise ValueError("every distillation term is switched off; enable at least one of use_rec, use_kd, "
+                             "use_cl, use_pred")
+
+    def enabled(self, term: str) -> bool:
+        weight = {"rec": 1.0 - self.kd_weight, "kd": self.kd_weight, "cl": self.cl_weight,
+                  "pred": self.pred_weight}[term]
+        return bool(getattr(self, f"use_{term}")) and weight > 0
+
+    def weight(self, term: str) -> float:
+        return {"rec": 1.0 - self.kd_weight, "kd": self.kd_weight, "cl": self.cl_weight,
+                "pred": self.pred_weight}[term]
+
+
+def check_pair(student: SessionRecommender, teacher: SessionRecommender) -> None:
+    """Refuse a student and teacher that cannot be distilled (different catalogue or width)."""
+    if student.num_items != teacher.num_items:
+        raise ValueError(f"student has {student.num_items:,} items but the teacher has {teacher.num_items:,}")
+    if student.config.dim != teacher.config.dim:
+        raise ValueError(f"student dim={student.config.dim} differs from the teacher's dim={teacher.config.dim}; "
+                         "the recombined views mix both models' vectors and need the same width")
+
+
+def prepare_student(student: SessionRecommender, teacher: SessionRecommender, config: DistillConfig) -> list[str]:
+    """Apply ``init_student_encoder_from_teacher``; returns the names of the copied weights."""
+    check_pair(student, teacher)
+    if not config.init_student_encoder_from_teacher:
+        return []
+    with torch.no_grad():
+        return copy_weights(teacher, student, skip_prefix="table.")
+
+
+def _as_query(model: SessionRecommender, vectors: Tensor) -> Tensor:
+    """Free vectors as ``model`` queries: cosine x scale when it normalises, else the paper's norm(v)."""
+    if model.config.normalize:
+        return model._finish(vectors)
+    return F.normalize(vectors, dim=-1)
+
+
+class DistillationLoss(nn.Module):
+    """``loss_fn(batch) -> (loss, parts)`` for :func:`pocketrec.train.teacher.run_training`.
+
+    Holds the :class:`RecombinationHeads` (``heads``), so ``param_groups()`` can hand the trainer the
+    student's and the heads' parameters together. The teacher is stored outside the module tree (it
+    is frozen and must not be saved or optimised with the heads).
+    """
+
+    def __init__(self, student: SessionRecommender, teacher: SessionRecommender, hot_mask: Tensor,
+                 config: DistillConfig) -> None:
+        super().__init__()
+        check_pair(student, teacher)
+        hot_mask = torch.as_tensor(hot_mask, dtype=torch.bool)
+        if hot_mask.shape != (student.num_items + 1,):
+            raise ValueError(f"hot_mask must have num_items + 1 = {student.num_items + 1} entries, "
+                             f"got {tuple(hot_mask.shape)}")
+        self.student = student
+        self.config = config
+        self.__dict__["teacher"] = teacher  # not a submodule: frozen, never saved with the heads
+        teacher.requires_grad_(False)
+        teacher.eval()
+        self.register_buffer("hot_mask", hot_mask, persistent=False)
+        self.heads = RecombinationHeads(student.config.dim)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: the student's trainable parameters and the heads'."""
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        if self.config.use_cl or self.config.use_pred:
+            params += list(self.heads.parameters())
+        return [{"params": params}]
+
+    def terms(self, batch: Batch) -> dict[str, Tensor]:
+        """Each enabled term, unweighted, as a differentiable scalar."""
+        cfg, student, teacher = self.config, self.student, self.teacher
+        teacher.eval()
+        self.heads.train(student.training)
+        mask = batch.target_mask
+        targets = batch.targets[mask]
+        z_s_all = student.prefix_queries(batch.inputs)
+        with torch.no_grad():
+            z_t_all = teacher.prefix_queries(batch.inputs)
+        ssl = cfg.enabled("cl") or cfg.enabled("pred")
+        out: dict[str, Tensor] = {}
+
+        # The student's catalogue is scored once for L_rec/L_KD and the student half of L_pred together.
+        queries = [z_s_all[mask]] if cfg.enabled("rec") or cfg.enabled("kd") else []
+        split = None
+        if ssl:
+            rows, cols = select_positions(mask, cfg.ssl_positions)
+            split = split_prefixes(batch.inputs, rows, cols, self.hot_mask)
+            used = split.used
+            if bool(used.any()):
+                z_s, z_t = z_s_all[rows, cols], z_t_all[rows, cols]
+                student_emb = student.table(split.items)
+                with torch.no_grad():
+                    teacher_emb = teacher.table(split.items)
+                parts = self.heads.readouts(split, student_emb, teacher_emb)
+                y_ssl = batch.targets[rows, cols][used]
+                if cfg.enabled("cl"):
+                    v_s, v_t = self.heads.contrastive_views(parts, split, z_s, z_t)
+                    cl = info_nce(v_s, v_t, cfg.cl_temperature)
+                    if cfg.bidirectional:
+                        cl = 0.5 * (cl + info_nce(v_t, v_s, cfg.cl_temperature))
+                    out["cl"] = cl
+                if cfg.enabled("pred"):
+                    p_s, p_t = self.heads.predictive_views(parts, split, z_s, z_t)
+                    queries.append(_as_query(student, p_s))
+            else:
+                for term in ("cl", "pred"):
+                    if cfg.enabled(term):
+                        out[term] = z_s_all.sum() * 0.0  # no usable prefix in this batch
+        student_scores = student.item_scores(torch.cat(queries)) if queries else None
+        n_main = int(mask.sum()) if cfg.enabled("rec") or cfg.enabled("kd") else 0
+        if n_main:
+            logits = student_scores[:n_main]
+            if cfg.enabled("rec"):
+                out["rec"] = catalogue_cross_entropy(logits, targets)
+            if cfg.enabled("kd"):
+                with torch.no_grad():
+                    teacher_logits = teacher.item_scores(z_t_all[mask])
+                # Column 0 (padding) is masked to the dtype's minimum: leave it out of the KL.
+                out["kd"] = distillation_kl(logits[:, 1:], teacher_logits[:, 1:], cfg.kd_temperature)
+        if ssl and cfg.enabled("pred") and split is not None and bool(split.used.any()):
+            pred_s = student_scores[n_main:]
+            out["pred"] = (catalogue_cross_entropy(pred_s, y_ssl)
+                           + catalogue_cross_entropy(teacher.item_scores(_as_query(teacher, p_t)), y_ssl))
+        return out
+
+    def forward(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        terms = self.terms(batch)
+        loss = sum(self.config.weight(name) * value for name, value in terms.items())
+        return loss, {name: float(value.detach()) for name, value in terms.items()}
+
+
+def distillation_loss(student: SessionRecommender, teacher: SessionRecommender, hot_mask: Tensor,
+                      config: DistillConfig) -> DistillationLoss:
+    """The distillation ``loss_fn`` for :func:`run_training`; pass ``loss.param_groups()`` as its
+    ``parameters`` so the heads are optimised too. Freezes ``teacher``."""
+    return DistillationLoss(student, teacher, hot_mask, config)
