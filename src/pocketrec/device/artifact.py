@@ -88,14 +88,7 @@ def export_artifact(checkpoint_or_model: Any, path: str | Path, fp16: bool = Fal
     """
     from safetensors.numpy import save_file
 
-    if isinstance(checkpoint_or_model, (str, Path)):
-        from pocketrec.train.checkpoint import load_checkpoint
-
-        model, meta = load_checkpoint(checkpoint_or_model)
-        vocab = vocab if vocab is not None else meta.get("vocab")
-        dataset = dataset if dataset is not None else str(meta.get("dataset", ""))
-    else:
-        model = checkpoint_or_model
+    model, vocab, dataset = resolve_model(checkpoint_or_model, vocab, dataset)
     tensors, manifest = build_artifact(model, vocab, fp16, dataset or "")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,3 +101,16 @@ def export_artifact(checkpoint_or_model: Any, path: str | Path, fp16: bool = Fal
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def resolve_model(checkpoint_or_model: Any, vocab: list[str] | None, dataset: str | None
+                  ) -> tuple[Any, list[str] | None, str | None]:
+    """A model with its vocabulary and dataset name, from a checkpoint folder or a model as given."""
+    if not isinstance(checkpoint_or_model, (str, Path)):
+        return checkpoint_or_model, vocab, dataset
+    from pocketrec.train.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(checkpoint_or_model)
+    vocab = vocab if vocab is not None else meta.get("vocab")
+    dataset = dataset if dataset is not None else str(meta.get("dataset", ""))
+    return model, vocab, dataset

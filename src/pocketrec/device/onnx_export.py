@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pocketrec.device.artifact import build_artifact
+from pocketrec.device.artifact import build_artifact, resolve_model
 from pocketrec.device.runtime import ONNX_FORMAT, OnnxModel  # noqa: F401  (OnnxModel re-exported)
 
 
@@ -125,14 +125,7 @@ def export_onnx(checkpoint_or_model: Any, path: str | Path, k: int = 100, vocab:
     """
     import onnx
 
-    if isinstance(checkpoint_or_model, (str, Path)):
-        from pocketrec.train.checkpoint import load_checkpoint
-
-        model, meta = load_checkpoint(checkpoint_or_model)
-        vocab = vocab if vocab is not None else meta.get("vocab")
-        dataset = dataset if dataset is not None else str(meta.get("dataset", ""))
-    else:
-        model = checkpoint_or_model
+    model, vocab, dataset = resolve_model(checkpoint_or_model, vocab, dataset)
     model = model.eval()
     _, manifest = build_artifact(model, vocab, False, dataset or "")
     manifest = {key: value for key, value in manifest.items() if key != "checksum"}
