@@ -39,3 +39,9 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], file=sys.stdout)
     print("|" + "---|" * len(columns), file=file)
     for row in rows:
         print("| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |", file=file)
+
+
+def last_json(stdout: str, tag: str) -> dict[str, Any] | None:
+    """The JSON of the last ``TAG {json}`` line a benchmark subprocess printed, or None."""
+    lines = [ln for ln in stdout.splitlines() if ln.startswith(tag + " ")]
+    return json.loads(lines[-1][len(tag) + 1:]) if lines else None

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from common import peak_rss_mib, print_table, write_rows
+from common import last_json, peak_rss_mib, print_table, write_rows
 
 REFERENCE = {"tmall": {"SR-GNN": (27.57, 13.72), "GCE-GNN": (33.42, 15.42), "RecBole SASRec": (19.8, 10.7)},
              "diginetica": {"SR-GNN": (50.73, 17.59), "GCE-GNN": (54.22, 19.04), "RecBole SASRec": (48.5, 16.7)}}
@@ -63,10 +63,10 @@ def main() -> None:
     for dataset in args.datasets.split(","):
         proc = subprocess.run([sys.executable, __file__, "--one", dataset, "--out", args.out, *overrides],
                               stdout=subprocess.PIPE, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
-        if proc.returncode or not lines:
+        row = last_json(proc.stdout, "ROW")
+        if proc.returncode or row is None:
             sys.exit(f"teacher benchmark failed on {dataset} (exit {proc.returncode})")
-        rows.append(json.loads(lines[-1][4:]))
+        rows.append(row)
     write_rows("teacher", rows)
     table = [{"dataset": r["dataset"], "Recall@20 %": 100 * r["recall@20"], "MRR@20 %": 100 * r["mrr@20"],
               "NDCG@20 %": 100 * r["ndcg@20"], "best epoch": r["best_epoch"], "epoch s": r["epoch_seconds"],

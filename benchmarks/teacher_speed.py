@@ -33,7 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import peak_rss_mib, print_table, write_rows
+from common import last_json, peak_rss_mib, print_table, write_rows
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -106,9 +106,14 @@ def child_env(threads: int) -> dict[str, str]:
     return env
 
 
-def last_json(stdout: str, tag: str) -> dict | None:
-    lines = [ln for ln in stdout.splitlines() if ln.startswith(tag + " ")]
-    return json.loads(lines[-1][len(tag) + 1:]) if lines else None
+def run_side(label: str, cmd: list[str], tag: str, threads: int) -> dict:
+    """Run one side of the comparison in its own process; its last ``TAG {json}`` line is the result."""
+    print(f"{label}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=child_env(threads))
+    row = last_json(proc.stdout, tag)
+    if proc.returncode or row is None:
+        sys.exit(f"{label} run failed (exit {proc.returncode})")
+    return row
 
 
 def main() -> None:
@@ -142,11 +147,7 @@ def main() -> None:
                "--threads", str(args.threads), "--pocketrec-overrides", *args.pocketrec_overrides]
         if args.max_sessions:
             cmd += ["--data-path", str(slice_sessions(train_file, test_file, args.max_sessions, Path(tmp) / name))]
-        print(f"pocketrec teacher: {shlex.join(cmd)}", file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=child_env(args.threads))
-        row = last_json(proc.stdout, "ROW")
-        if proc.returncode or row is None:
-            sys.exit(f"pocketrec teacher run failed (exit {proc.returncode})")
+        row = run_side("pocketrec teacher", cmd, "ROW", args.threads)
         rows.append({"dataset": name, "method": "teacher", "system": "pocketrec teacher", **row,
                      "setting": {**setting, "overrides": [*DEFAULTS, *args.pocketrec_overrides]}})
 
@@ -160,11 +161,7 @@ def main() -> None:
         if args.max_sessions:
             peer_args += ["--max-sessions", str(args.max_sessions)]
         cmd = [args.peer_python, str(HERE / "recbole_peer.py"), *peer_args]
-        print(f"RecBole SASRec peer: {shlex.join(cmd)}", file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=child_env(args.threads))
-        row = last_json(proc.stdout, "PEER")
-        if proc.returncode or row is None:
-            sys.exit(f"RecBole peer run failed (exit {proc.returncode})")
+        row = run_side("RecBole SASRec peer", cmd, "PEER", args.threads)
         rows.append({"dataset": name, "method": "recbole-sasrec", "system": "RecBole 1.2.1 SASRec", **row,
                      "setting": {**setting, "peer_args": peer_args}})
 

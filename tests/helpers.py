@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from pocketrec.data.dataset import Dataset, SequenceSplit, Vocabulary
+from pocketrec.models import EncoderConfig
+from pocketrec.train.teacher import TeacherConfig
+from pocketrec.train.trainer import TrainConfig
 
 
 def synthetic_sessions(num_items: int = 60, num_sessions: int = 600, seed: int = 0) -> list[np.ndarray]:
@@ -38,3 +41,11 @@ def synthetic_dataset(num_items: int = 60, num_sessions: int = 600, seed: int = 
     return Dataset(name="synthetic", protocol="session", vocab=Vocabulary([f"i{i}" for i in range(1, num_items + 1)]),
                    train=SequenceSplit.all_prefixes(train[:cut]), valid=SequenceSplit.all_prefixes(train[cut:]),
                    test=SequenceSplit.all_prefixes(test))
+
+
+def tiny_teacher_config(out: object = "", epochs: int = 4, seed: int = 7) -> TeacherConfig:
+    """A teacher small enough to train on :func:`synthetic_dataset` in about a second per epoch."""
+    return TeacherConfig(dataset="synthetic", out=str(out),
+                         encoder=EncoderConfig(dim=16, max_len=10, dropout=0.1, attn_dropout=0.1),
+                         train=TrainConfig(epochs=epochs, batch_size=32, lr=5e-3, seed=seed, progress=False,
+                                           patience=10))

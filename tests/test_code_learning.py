@@ -10,15 +10,6 @@ from pocketrec.tables import CodebookTable
 from pocketrec.train.codes import CodeEncoder, gumbel_straight_through, learn_codes, learn_codes_with_report
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread is faster on a shared machine, and results do not change."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def clustered(n: int = 2000, d: int = 32, clusters: int = 20, seed: int = 0) -> torch.Tensor:
     """``(n + 1, d)`` teacher-like vectors (row 0 = padding zeros): cluster centres plus noise."""
     g = torch.Generator().manual_seed(seed)

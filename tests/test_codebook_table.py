@@ -14,15 +14,6 @@ from pocketrec.tables import TABLE_KINDS, CodebookTable, DenseTable, array_nbyte
 from pocketrec.tables.codebook import fit_codebooks, icm_refine, kmeans, reconstruction_mse
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread is faster on a shared machine, and results do not change."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make(num_items: int = 50, dim: int = 12, M: int = 3, K: int = 16, seed: int = 0, **kw) -> CodebookTable:
     table = CodebookTable(num_items, dim, M=M, K=K, seed=seed, init_std=0.5, **kw)
     return table.double()

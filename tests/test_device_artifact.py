@@ -14,7 +14,7 @@ import torch
 from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
-from helpers import synthetic_dataset
+from helpers import synthetic_dataset, tiny_teacher_config
 from pocketrec.cli import app
 from pocketrec.device.artifact import export_artifact
 from pocketrec.device.runtime import ArtifactError, load, read_artifact
@@ -22,16 +22,11 @@ from pocketrec.models.session_encoder import EncoderConfig, SessionRecommender
 from pocketrec.tables.codebook import CodebookTable
 from pocketrec.tables.dense import DenseTable
 from pocketrec.tables.tt import TTTable
-from pocketrec.train.teacher import TeacherConfig, train_teacher
-from pocketrec.train.trainer import TrainConfig
-
-torch.set_num_threads(1)
+from pocketrec.train.teacher import train_teacher
 
 
-def tiny_config(out: str = "") -> TeacherConfig:
-    return TeacherConfig(dataset="synthetic", out=out,
-                         encoder=EncoderConfig(dim=16, max_len=10, dropout=0.1, attn_dropout=0.1),
-                         train=TrainConfig(epochs=1, batch_size=32, lr=5e-3, seed=7, progress=False, patience=10))
+def tiny_config(out: str = ""):
+    return tiny_teacher_config(out, epochs=1)
 
 
 def with_table(teacher: SessionRecommender, table) -> SessionRecommender:

@@ -15,7 +15,6 @@ from pocketrec.tables.codebook import CodebookTable
 from pocketrec.tables.dense import DenseTable
 from pocketrec.tables.tt import TTTable
 
-torch.set_num_threads(1)
 TOL = 1e-4
 TOP = 20
 

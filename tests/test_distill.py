@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import synthetic_dataset
+from helpers import synthetic_dataset, tiny_teacher_config
 from pocketrec.data.batching import Batch, iterate_batches
 from pocketrec.models import EncoderConfig, SessionRecommender
 from pocketrec.tables.tt import TTTable
@@ -18,10 +18,8 @@ from pocketrec.train.recombination import (
     select_positions,
     split_prefixes,
 )
-from pocketrec.train.teacher import TeacherConfig, train_teacher
-from pocketrec.train.trainer import TrainConfig
+from pocketrec.train.teacher import train_teacher
 
-torch.set_num_threads(1)
 ENC = EncoderConfig(dim=16, max_len=10, dropout=0.1, attn_dropout=0.1)
 
 
@@ -32,8 +30,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def teacher(data):
-    cfg = TeacherConfig(dataset="synthetic", encoder=ENC,
-                        train=TrainConfig(epochs=2, batch_size=32, lr=5e-3, seed=7, progress=False))
+    cfg = tiny_teacher_config(epochs=2)
     model, _ = train_teacher(data, cfg)
     return model.eval()
 

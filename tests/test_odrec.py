@@ -1,20 +1,16 @@
 """The OD-Rec recipe end to end on synthetic sessions: small, accurate enough, careful with bad input."""
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
-from helpers import synthetic_dataset
+from helpers import synthetic_dataset, tiny_teacher_config
 from pocketrec.cli import app
 from pocketrec.eval.evaluate import evaluate
 from pocketrec.methods.odrec import compress_odrec
-from pocketrec.models import EncoderConfig
 from pocketrec.train.checkpoint import CheckpointError, load_checkpoint
 from pocketrec.train.distill import DistillConfig
-from pocketrec.train.teacher import TeacherConfig, train_teacher
+from pocketrec.train.teacher import train_teacher
 from pocketrec.train.trainer import TrainConfig
-
-torch.set_num_threads(1)
 
 
 def train_cfg(epochs=3):
@@ -29,8 +25,7 @@ def data():
 @pytest.fixture(scope="module")
 def teacher_dir(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher")
-    cfg = TeacherConfig(dataset="synthetic", out=str(out),
-                        encoder=EncoderConfig(dim=16, max_len=10, dropout=0.1, attn_dropout=0.1), train=train_cfg(3))
+    cfg = tiny_teacher_config(out, epochs=3)
     train_teacher(data, cfg)
     return out / "best"
 

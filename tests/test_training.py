@@ -5,20 +5,13 @@ import json
 import pytest
 import torch
 
-from helpers import synthetic_dataset
+from helpers import synthetic_dataset, tiny_teacher_config
 from pocketrec.eval.evaluate import evaluate
-from pocketrec.models import EncoderConfig
 from pocketrec.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pocketrec.train.compat import check_compatible
-from pocketrec.train.teacher import TeacherConfig, final_test_metrics, train_teacher
-from pocketrec.train.trainer import TrainConfig
+from pocketrec.train.teacher import final_test_metrics, train_teacher
 
-
-def small_config(out="", epochs=4, seed=7) -> TeacherConfig:
-    return TeacherConfig(dataset="synthetic", out=str(out),
-                         encoder=EncoderConfig(dim=16, max_len=10, dropout=0.1, attn_dropout=0.1),
-                         train=TrainConfig(epochs=epochs, batch_size=32, lr=5e-3, seed=seed, progress=False,
-                                           patience=10))
+small_config = tiny_teacher_config
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ input vectors and the catalogue scores, so a compressed table replaces the dense
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -190,35 +189,12 @@ class SessionRecommender(nn.Module):
         """Scores ``(B, num_items + 1)`` of query vectors against the catalogue (column 0 masked)."""
         if not self.config.normalize:
             return self.table.score(queries)
-        # Cosine scores: divide by each item's norm. Norms are computed chunk-free from the table's rows
-        # only when the table cannot give them cheaply; the dense path is a single matmul.
+        # Cosine scores: divide by each item's norm (ItemTable.row_norms).
         return mask_padding_column(self.table.score(queries) / self.item_norms().unsqueeze(0))
 
     def item_norms(self) -> Tensor:
-        """L2 norm of every item row (padding row gets 1), via the table's own scoring path."""
-        norms = getattr(self.table, "row_norms", None)
-        if norms is not None:
-            return norms().clamp_min(1e-8)
-        return _row_norms(self.table)
+        """L2 norm of every item row (padding row gets 1)."""
+        return self.table.row_norms()
 
     def score(self, inputs: Tensor) -> Tensor:
         return self.item_scores(self.encode(inputs))
-
-
-def _row_norms(table: ItemTable, chunk: int = 16384) -> Tensor:
-    """Row norms of any table by rebuilding rows in chunks (used when it has no ``row_norms``)."""
-    parts = []
-    for start in range(0, table.num_rows, chunk):
-        ids = torch.arange(start, min(start + chunk, table.num_rows))
-        parts.append(table(ids).norm(dim=-1))
-    norms = torch.cat(parts)
-    norms[0] = 1.0
-    return norms.clamp_min(1e-8)
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def scaled_init_std(dim: int) -> float:
-    return 1.0 / math.sqrt(dim)

@@ -98,12 +98,27 @@ class ItemTable(nn.Module, ABC):
         Raises ``ValueError`` naming the smallest reachable size when nothing fits.
         """
 
+    def row_norms(self, chunk: int = 16384) -> Tensor:
+        """L2 norm of every row ``(num_items + 1,)``, padding row set to 1, clamped away from 0.
+
+        Rebuilds rows in chunks through ``forward``; tables that hold rows directly override it.
+        """
+        parts = [self(torch.arange(start, min(start + chunk, self.num_rows))).norm(dim=-1)
+                 for start in range(0, self.num_rows, chunk)]
+        return normalise_row_norms(torch.cat(parts))
+
     def describe(self) -> str:
         """One line for budget reports."""
         return f"{self.kind}(items={self.num_items}, dim={self.dim}, bytes={self.nbytes():,})"
 
     def extra_repr(self) -> str:
         return f"num_items={self.num_items}, dim={self.dim}, nbytes={self.nbytes():,}"
+
+
+def normalise_row_norms(norms: Tensor) -> Tensor:
+    norms = norms.clone()
+    norms[0] = 1.0
+    return norms.clamp_min(1e-8)
 
 
 def table_from_export(arrays: dict[str, np.ndarray], description: dict[str, Any]) -> ItemTable:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pocketrec.tables.base import ItemTable, mask_padding_column, register_table
+from pocketrec.tables.base import ItemTable, mask_padding_column, normalise_row_norms, register_table
 
 
 @register_table
@@ -41,6 +41,10 @@ class DenseTable(ItemTable):
 
     def score(self, queries: Tensor) -> Tensor:
         return mask_padding_column(queries @ self.weight.t())
+
+    def row_norms(self, chunk: int = 16384) -> Tensor:
+        """Norms straight from the weight matrix (one pass, no row rebuild)."""
+        return normalise_row_norms(self.weight.norm(dim=-1))
 
     @staticmethod
     def bytes_for(num_items: int, dim: int, dtype: str = "float32") -> int:
