@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pocketrec.tables.base import ItemTable, mask_padding_column
+from pocketrec.tables.base import ItemTable, normalise_row_norms
 
 READOUTS = ("attention", "last")
 
@@ -189,8 +189,18 @@ class SessionRecommender(nn.Module):
         """Scores ``(B, num_items + 1)`` of query vectors against the catalogue (column 0 masked)."""
         if not self.config.normalize:
             return self.table.score(queries)
-        # Cosine scores: divide by each item's norm (ItemTable.row_norms).
-        return mask_padding_column(self.table.score(queries) / self.item_norms().unsqueeze(0))
+        return self.table.cosine_score(queries)
+
+    def scoring_rows(self) -> Tensor:
+        """``(num_items + 1, dim)`` rows with ``item_scores(q) == q @ rows.T`` (column 0 aside), differentiable.
+
+        The unit rows when the model scores by cosine. Training losses use it (``train.catalogue_loss``);
+        ranking goes through the table's chunked ``score``/``cosine_score`` instead.
+        """
+        rows = self.table.all_rows()
+        if self.config.normalize:
+            rows = rows / normalise_row_norms(rows.norm(dim=-1)).unsqueeze(1)
+        return rows
 
     def item_norms(self) -> Tensor:
         """L2 norm of every item row (padding row gets 1)."""

@@ -107,6 +107,22 @@ class ItemTable(nn.Module, ABC):
                  for start in range(0, self.num_rows, chunk)]
         return normalise_row_norms(torch.cat(parts))
 
+    def all_rows(self) -> Tensor:
+        """Every row ``(num_items + 1, dim)``, differentiable: what training losses multiply queries with.
+
+        ``O(n x dim)``; row 0 is not used (scores mask column 0). Default: ``forward`` on all ids;
+        tables with a cheaper bulk rebuild override it.
+        """
+        return self(torch.arange(self.num_rows))
+
+    def cosine_score(self, queries: Tensor) -> Tensor:
+        """``score`` with every row divided by its norm (``row_norms``): what cosine scoring ranks by.
+
+        Default: divide the scores column-wise. Tables that can normalise their rows before the product
+        (dense, TT) override it, which saves a pass over the ``batch x items`` scores.
+        """
+        return mask_padding_column(self.score(queries) / self.row_norms().to(queries.dtype).unsqueeze(0))
+
     def describe(self) -> str:
         """One line for budget reports."""
         return f"{self.kind}(items={self.num_items}, dim={self.dim}, bytes={self.nbytes():,})"

@@ -46,6 +46,14 @@ class DenseTable(ItemTable):
         """Norms straight from the weight matrix (one pass, no row rebuild)."""
         return normalise_row_norms(self.weight.norm(dim=-1))
 
+    def all_rows(self) -> Tensor:
+        return self.weight
+
+    def cosine_score(self, queries: Tensor) -> Tensor:
+        """Rows normalised before the product (``items x dim`` work instead of ``batch x items``)."""
+        unit = self.weight / self.row_norms().unsqueeze(1)
+        return mask_padding_column(queries @ unit.to(queries.dtype).t())
+
     @staticmethod
     def bytes_for(num_items: int, dim: int, dtype: str = "float32") -> int:
         """Bytes of a dense table without building it."""

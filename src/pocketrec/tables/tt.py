@@ -70,7 +70,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pocketrec.tables.base import ItemTable, mask_padding_column, register_table
+from pocketrec.tables.base import ItemTable, mask_padding_column, normalise_row_norms, register_table
 
 _DTYPES = ("float32", "float16")
 
@@ -366,17 +366,41 @@ class TTTable(ItemTable):
 
     materialize = full_weight
 
+    def all_rows(self) -> Tensor:
+        return self.full_weight()
+
     def score(self, queries: Tensor) -> Tensor:
+        return self._score_blocks(queries, unit_rows=False)
+
+    def cosine_score(self, queries: Tensor) -> Tensor:
+        """Each rebuilt block of rows is normalised before the product (no second pass over the scores)."""
+        return self._score_blocks(queries, unit_rows=True)
+
+    def row_norms(self, chunk: int = 16384) -> Tensor:
+        """Norms of the rows, rebuilt in blocks of whole first digits (shared prefixes computed once)."""
+        norms = torch.cat([rows.norm(dim=-1) for _, _, rows in self._first_digit_blocks(chunk)])
+        return normalise_row_norms(norms)
+
+    def _score_blocks(self, queries: Tensor, unit_rows: bool) -> Tensor:
         if queries.dim() != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"queries must be (batch, {self.dim}), got {tuple(queries.shape)}")
+
+        def block(start: int, rows: Tensor) -> Tensor:
+            if unit_rows:
+                norms = rows.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+                if start == 0:  # the padding row is masked anyway; keep it finite
+                    norms = torch.cat([norms.new_ones(1, 1), norms[1:]])
+                rows = rows / norms
+            return queries @ rows.to(queries.dtype).t()
+
         needs_grad = torch.is_grad_enabled() and (
             queries.requires_grad or any(core.requires_grad for core in self.cores))
         if needs_grad:
-            parts = [queries @ rows.to(queries.dtype).t() for _, _, rows in self._first_digit_blocks()]
+            parts = [block(start, rows) for start, _, rows in self._first_digit_blocks()]
             return mask_padding_column(torch.cat(parts, dim=1))
         out = queries.new_empty((queries.shape[0], self.num_rows))
         for start, stop, rows in self._first_digit_blocks():
-            out[:, start:stop] = queries @ rows.to(queries.dtype).t()
+            out[:, start:stop] = block(start, rows)
         return mask_padding_column(out)
 
     # ------------------------------------------------------------------------------------ warm start

@@ -49,8 +49,9 @@ from torch import Tensor, nn
 
 from pocketrec.data.batching import Batch
 from pocketrec.models.session_encoder import SessionRecommender
+from pocketrec.train.catalogue_loss import catalogue_cross_entropy, catalogue_losses
 from pocketrec.train.checkpoint import copy_weights
-from pocketrec.train.losses import catalogue_cross_entropy, distillation_kl, info_nce
+from pocketrec.train.losses import info_nce
 from pocketrec.train.recombination import POSITIONS, RecombinationHeads, select_positions, split_prefixes
 
 TERMS = ("rec", "kd", "cl", "pred")
@@ -174,9 +175,18 @@ class DistillationLoss(nn.Module):
         ssl = cfg.enabled("cl") or cfg.enabled("pred")
         out: dict[str, Tensor] = {}
 
-        # The student's catalogue is scored once for L_rec/L_KD and the student half of L_pred together.
-        queries = [z_s_all[mask]] if cfg.enabled("rec") or cfg.enabled("kd") else []
-        split = None
+        student_rows = student.scoring_rows()
+        with torch.no_grad():
+            teacher_rows = teacher.scoring_rows()
+        if cfg.enabled("rec") or cfg.enabled("kd"):
+            kd = cfg.enabled("kd")
+            rec, kl = catalogue_losses(z_s_all[mask], student_rows, targets,
+                                       teacher_queries=z_t_all[mask] if kd else None,
+                                       teacher_rows=teacher_rows if kd else None, temperature=cfg.kd_temperature)
+            if cfg.enabled("rec"):
+                out["rec"] = rec
+            if kd:
+                out["kd"] = kl
         if ssl:
             rows, cols = select_positions(mask, cfg.ssl_positions)
             split = split_prefixes(batch.inputs, rows, cols, self.hot_mask)
@@ -196,26 +206,12 @@ class DistillationLoss(nn.Module):
                     out["cl"] = cl
                 if cfg.enabled("pred"):
                     p_s, p_t = self.heads.predictive_views(parts, split, z_s, z_t)
-                    queries.append(_as_query(student, p_s))
+                    out["pred"] = (catalogue_cross_entropy(_as_query(student, p_s), student_rows, y_ssl)
+                                   + catalogue_cross_entropy(_as_query(teacher, p_t), teacher_rows, y_ssl))
             else:
                 for term in ("cl", "pred"):
                     if cfg.enabled(term):
                         out[term] = z_s_all.sum() * 0.0  # no usable prefix in this batch
-        student_scores = student.item_scores(torch.cat(queries)) if queries else None
-        n_main = int(mask.sum()) if cfg.enabled("rec") or cfg.enabled("kd") else 0
-        if n_main:
-            logits = student_scores[:n_main]
-            if cfg.enabled("rec"):
-                out["rec"] = catalogue_cross_entropy(logits, targets)
-            if cfg.enabled("kd"):
-                with torch.no_grad():
-                    teacher_logits = teacher.item_scores(z_t_all[mask])
-                # Column 0 (padding) is masked to the dtype's minimum: leave it out of the KL.
-                out["kd"] = distillation_kl(logits[:, 1:], teacher_logits[:, 1:], cfg.kd_temperature)
-        if ssl and cfg.enabled("pred") and split is not None and bool(split.used.any()):
-            pred_s = student_scores[n_main:]
-            out["pred"] = (catalogue_cross_entropy(pred_s, y_ssl)
-                           + catalogue_cross_entropy(teacher.item_scores(_as_query(teacher, p_t)), y_ssl))
         return out
 
     def forward(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:

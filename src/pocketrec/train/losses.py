@@ -1,4 +1,4 @@
-"""Loss terms shared by the recipes: cross-entropy over the catalogue, KL distillation, InfoNCE."""
+"""Small loss helpers shared by the recipes (the catalogue CE/KL live in :mod:`.catalogue_loss`)."""
 
 from __future__ import annotations
 
@@ -13,23 +13,6 @@ def targets_and_queries(model: torch.nn.Module, batch: Batch) -> tuple[Tensor, T
     """Query vectors ``(N, d)`` at every target position of ``batch`` and their targets ``(N,)``."""
     mask = batch.target_mask
     return model.prefix_queries(batch.inputs)[mask], batch.targets[mask]
-
-
-def catalogue_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Softmax cross-entropy over the whole catalogue (column 0 is masked by the tables)."""
-    return F.cross_entropy(logits, targets)
-
-
-def distillation_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """KL(teacher || student) at ``temperature``, averaged over examples (scaled by T^2 as usual).
-
-    OD-Rec's code sums over the batch, which makes its weight depend on the batch size; the mean keeps
-    the weight meaningful (METHODS.md §1.4 item 2).
-    """
-    t = temperature
-    teacher = F.log_softmax(teacher_logits.detach() / t, dim=-1)
-    student = F.log_softmax(student_logits / t, dim=-1)
-    return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * (t * t)
 
 
 def info_nce(anchors: Tensor, positives: Tensor, temperature: float = 0.2) -> Tensor:

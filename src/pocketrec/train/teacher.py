@@ -15,13 +15,14 @@ from pocketrec.data.dataset import Dataset
 from pocketrec.eval.evaluate import evaluate
 from pocketrec.models.session_encoder import EncoderConfig, SessionRecommender
 from pocketrec.tables.dense import DenseTable
+from pocketrec.train.catalogue_loss import catalogue_cross_entropy
 from pocketrec.train.checkpoint import (
     MODEL_FILE,
     load_optimizer_state,
     read_meta,
     save_checkpoint,
 )
-from pocketrec.train.losses import catalogue_cross_entropy, targets_and_queries
+from pocketrec.train.losses import targets_and_queries
 from pocketrec.train.trainer import FitResult, TrainConfig, checkpoint_dirs, fit, seed_everything
 
 
@@ -44,7 +45,7 @@ def dataset_meta(dataset: Dataset) -> dict[str, Any]:
 def ce_loss(model: SessionRecommender):
     def loss_fn(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         queries, targets = targets_and_queries(model, batch)
-        return catalogue_cross_entropy(model.item_scores(queries), targets), {}
+        return catalogue_cross_entropy(queries, model.scoring_rows(), targets), {}
     return loss_fn
 
 
