@@ -219,10 +219,11 @@ def recommend(artifact: Path = typer.Argument(..., help="device artifact (.safet
 
 @app.command(context_settings=OVERRIDES)
 def compress(ctx: typer.Context,
-             method: str = typer.Option("odrec", help="compression method: odrec"),
+             method: str = typer.Option("odrec", help="compression method: odrec (TT tables) or eodrec (codebooks)"),
              teacher: Path = typer.Option(..., help="teacher checkpoint folder (e.g. runs/teacher-tmall/best)"),
-             budget: str = typer.Option("3%", help="item-table budget: '3%' or '30x' of the dense table, "
-                                                   "'200KB', '1.5MB', or bytes"),
+             budget: str | None = typer.Option(None, help="item-table budget: '3%' or '30x' of the dense table, "
+                                                          "'200KB', '1.5MB', or bytes (default: odrec 3%, "
+                                                          "eodrec 2.5%)"),
              dataset: str | None = typer.Option(None, help="dataset; default: the one the teacher was trained on"),
              out: Path | None = typer.Option(None, help="run folder; default runs/METHOD-DATASET-BUDGET"),
              config: Path | None = typer.Option(None, help="YAML file with distill:/train: sections"),
@@ -230,31 +231,40 @@ def compress(ctx: typer.Context,
     """Compress a teacher into a small student that fits a byte budget for its item table.
 
     Example: pocketrec compress --method odrec --teacher runs/teacher-tmall/best --budget 3% --train.epochs=10
+
+    Method options go as --key=value: odrec: --t=2 --num_cores=2 --warm_start=true; eodrec: --M=0 --K=0
+    (0: the budget solver picks) --codes=learned|gumbel|rq|pq --bitpack=true; both: --distill.KEY=V
+    (kd_weight, cl_weight, pred_weight, bidirectional, teacher_lr, ...) and --train.KEY=V.
     """
+    import importlib
+
     from pocketrec.data.registry import load_dataset
     from pocketrec.eval.metrics import format_metrics
     from pocketrec.search.budget import format_bytes
     from pocketrec.train.checkpoint import read_meta
 
-    methods = ("odrec",)
+    methods = ("odrec", "eodrec")
     try:
         if method not in methods:
             raise ValueError(f"--method must be one of {', '.join(methods)}, got {method!r}")
         from pocketrec.config import load_config
-        from pocketrec.methods.odrec import ODRecConfig, compress_from_config
+
+        recipe = importlib.import_module(f"pocketrec.methods.{method}")
+        config_cls = {"odrec": "ODRecConfig", "eodrec": "EODRecConfig"}[method]
 
         teacher_meta = read_meta(teacher)
         name = dataset or teacher_meta.get("dataset")
         if not name:
             raise ValueError(f"{teacher}: the checkpoint does not name its dataset; pass --dataset")
-        default_out = Path("runs") / f"{method}-{Path(str(name)).stem}-{budget.replace('%', 'pct')}"
-        cfg = load_config(ODRecConfig, config, [*ctx.args, f"teacher={teacher}", f"dataset={name}",
-                                                f"budget={budget}", f"out={out or default_out}"])
+        given = [f"teacher={teacher}", f"dataset={name}", *([f"budget={budget}"] if budget else [])]
+        cfg = load_config(getattr(recipe, config_cls), config, [*ctx.args, *given])
+        cfg.out = str(out or cfg.out or Path("runs") / f"{method}-{Path(str(name)).stem}-"
+                                                       f"{cfg.budget.replace('%', 'pct')}")
         if quiet:
             cfg.train.progress = False
         data = load_dataset(cfg.dataset)
-        console.print(f"{data.name}: {data.num_items:,} items; teacher {teacher}; budget {budget}")
-        student, result = compress_from_config(cfg, data)
+        console.print(f"{data.name}: {data.num_items:,} items; teacher {teacher}; budget {cfg.budget}")
+        student, result = recipe.compress_from_config(cfg, data)
     except user_errors() as err:
         fail(str(err))
     console.print(f"student table {student.table.describe()}")

@@ -37,20 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from pocketrec.config import to_dict
 from pocketrec.data.dataset import Dataset
+from pocketrec.methods.recipe import CompressResult, distill_to_budget, teacher_rows
 from pocketrec.models.session_encoder import SessionRecommender
-from pocketrec.search.budget import parse_budget
-from pocketrec.tables.dense import DenseTable
 from pocketrec.tables.tt import TTTable
-from pocketrec.train.checkpoint import load_checkpoint
-from pocketrec.train.compat import check_compatible
-from pocketrec.train.distill import DistillConfig, distillation_loss, prepare_student
-from pocketrec.train.recombination import hot_item_mask
-from pocketrec.train.teacher import dataset_meta, run_training
-from pocketrec.train.trainer import FitResult, TrainConfig, seed_everything
+from pocketrec.train.distill import DistillConfig
+from pocketrec.train.trainer import TrainConfig
 
 METHOD = "odrec"
 
@@ -79,27 +71,17 @@ class ODRecConfig:
             raise ValueError(f"warm_start_steps must be >= 0, got {self.warm_start_steps}")
 
 
-@dataclass
-class CompressResult:
-    """What a compression run reached: bytes, ratio, metrics, and the fit record."""
-
-    fit: FitResult
-    test: dict[str, float]
-    table_bytes: int
-    dense_table_bytes: int
-    meta: dict[str, Any]
-
-    @property
-    def ratio(self) -> float:
-        return self.dense_table_bytes / self.table_bytes
-
-
-def build_tt_student(teacher: SessionRecommender, budget_bytes: int, num_cores: int = 2, t: int = 2
-                     ) -> SessionRecommender:
-    """The student: the teacher's encoder shape with the largest TT table within ``budget_bytes``."""
-    cfg = teacher.config
-    table = TTTable.for_budget(teacher.num_items, cfg.dim, budget_bytes, num_cores=num_cores, t=t)
-    return SessionRecommender(cfg, table)
+def tt_table_builder(num_cores: int = 2, t: int = 2, warm_start: bool = True, warm_start_steps: int = 300,
+                     seed: int = 0):
+    """The OD-Rec :data:`~pocketrec.methods.recipe.TableBuilder`: the largest TT table in the budget,
+    its cores optionally fitted by least squares to the teacher's rows."""
+    def build(teacher: SessionRecommender, budget_bytes: int) -> tuple[TTTable, dict[str, Any]]:
+        table = TTTable.for_budget(teacher.num_items, teacher.config.dim, budget_bytes, num_cores=num_cores, t=t)
+        warm = warm_start and warm_start_steps > 0
+        error = table.fit_to(teacher_rows(teacher), steps=warm_start_steps, seed=seed) if warm else None
+        return table, {"num_cores": num_cores, "t": t, "tt_rank": table.rank, "warm_start": warm,
+                       "warm_start_error": error}
+    return build
 
 
 def compress_odrec(teacher_checkpoint: str | Path, dataset: Dataset, budget: str | int, *, num_cores: int = 2,
@@ -109,40 +91,13 @@ def compress_odrec(teacher_checkpoint: str | Path, dataset: Dataset, budget: str
     """Compress the teacher at ``teacher_checkpoint`` into an OD-Rec student of at most ``budget`` bytes.
 
     ``budget``: bytes, or text for :func:`~pocketrec.search.budget.parse_budget` (``"3%"`` and ``"30x"`` are
-    relative to the teacher's dense fp32 item table). ``out_dir`` gets ``best/`` and ``last/`` student
-    checkpoints (meta: ``method="odrec"``, the teacher path, ``table_bytes``, ``dense_table_bytes``,
-    ``ratio``). Every check (dataset, budget, shapes) runs before anything is written: a teacher of
-    another dataset raises :class:`CheckpointError`, a budget below the smallest TT table ``ValueError``.
-    Returns the best-on-validation student and a :class:`CompressResult`.
+    relative to the teacher's dense fp32 item table). See :func:`~pocketrec.methods.recipe.distill_to_budget`
+    for the checkpoints written and the errors raised (a budget below the smallest TT table: ``ValueError``).
     """
-    distill = distill or DistillConfig()
     train = train or TrainConfig()
-    teacher_checkpoint = Path(teacher_checkpoint)
-    teacher, teacher_meta = load_checkpoint(teacher_checkpoint)
-    check_compatible(teacher_meta, dataset, what=f"teacher {teacher_checkpoint}")
-    dim = teacher.config.dim
-    dense_bytes = DenseTable.bytes_for(teacher.num_items, dim)
-    budget_bytes = parse_budget(budget, dense_bytes)
-
-    seed_everything(train.seed)
-    student = build_tt_student(teacher, budget_bytes, num_cores=num_cores, t=t)
-    prepare_student(student, teacher, distill)
-    warm_error = None
-    if warm_start and warm_start_steps > 0:
-        with torch.no_grad():
-            rows = teacher.table(torch.arange(teacher.table.num_rows))
-        warm_error = student.table.fit_to(rows, steps=warm_start_steps, seed=train.seed)
-    loss = distillation_loss(student, teacher, hot_item_mask(dataset.item_counts(), distill.hot_ratio), distill)
-
-    table_bytes = student.table.nbytes()
-    meta = {**dataset_meta(dataset), "method": METHOD, "teacher": str(teacher_checkpoint),
-            "teacher_test": teacher_meta.get("test"), "table_bytes": table_bytes, "dense_table_bytes": dense_bytes,
-            "ratio": dense_bytes / table_bytes, "budget_bytes": budget_bytes, "num_cores": num_cores, "t": t,
-            "tt_rank": student.table.rank, "warm_start": bool(warm_start and warm_start_steps > 0),
-            "warm_start_error": warm_error, "distill": to_dict(distill)}
-    fit = run_training(student, dataset, train, out_dir, loss, meta, parameters=loss.param_groups())
-    return student, CompressResult(fit=fit, test=fit.history[-1]["test"], table_bytes=table_bytes,
-                                   dense_table_bytes=dense_bytes, meta=meta)
+    builder = tt_table_builder(num_cores, t, warm_start, warm_start_steps, seed=train.seed)
+    return distill_to_budget(METHOD, teacher_checkpoint, dataset, budget, builder, out_dir=out_dir,
+                             distill=distill, train=train)
 
 
 def compress_from_config(cfg: ODRecConfig, dataset: Dataset) -> tuple[SessionRecommender, CompressResult]:

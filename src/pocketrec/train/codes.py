@@ -112,7 +112,7 @@ def learn_codes_with_report(item_vectors: Tensor, M: int, K: int, *, epochs: int
                             tau: float = 0.3, seed: int = 0, init: str = "rq", batch_size: int = 256,
                             warmstart_epochs: int = 50, warmstart_lr: float = 1e-2,
                             hidden: int | None = None, polish_iters: int = 0, dtype: str = "float32",
-                            bitpack: bool = False, progress: bool = False
+                            bitpack: bool = False, progress: bool = False, select_best: bool = True,
                             ) -> tuple[CodebookTable, CodeLearningReport]:
     """Learn ``M`` codes in ``0..K-1`` per item from teacher vectors ``(num_items + 1, dim)`` (row 0 =
     padding, ignored); returns the table and a :class:`CodeLearningReport`.
@@ -123,7 +123,8 @@ def learn_codes_with_report(item_vectors: Tensor, M: int, K: int, *, epochs: int
     straight-through autoencoder (Adam, ``lr``, ``tau``) on encoder and codebooks jointly; after each
     epoch the argmax codes get least-squares codebooks and are kept if they reconstruct better than
     everything so far (the initialisation included); (4) optionally ``polish_iters`` rounds of ICM
-    refinement. ``hidden`` is the encoder width (default ``M*K/2`` as in the paper).
+    refinement. ``select_best=False`` skips the selection and returns the encoder's final argmax codes
+    (the paper's behaviour; for ablations). ``hidden`` is the encoder width (default ``M*K/2`` as in the paper).
     Deterministic for a given ``seed`` on CPU.
     """
     if item_vectors.dim() != 2 or item_vectors.shape[0] < 2:
@@ -196,7 +197,10 @@ def learn_codes_with_report(item_vectors: Tensor, M: int, K: int, *, epochs: int
 
     learned_mse = init_mse
     if epochs:
-        learned_mse = _codes_mse(x, _argmax_codes(encoder, x_in, 4096), K)[0]
+        final_codes = _argmax_codes(encoder, x_in, 4096)
+        learned_mse, final_books = _codes_mse(x, final_codes, K)
+        if not select_best:
+            best_mse, best_codes, best_books, best_epoch = learned_mse, final_codes, final_books, epochs - 1
     selected_mse = best_mse
     if polish_iters > 0:
         best_books, best_codes = icm_refine(x, best_books, best_codes, iters=polish_iters)

@@ -28,9 +28,17 @@ SSL prefixes. By default only the longest prefix of each batch row (``ssl_positi
 What is trained. The student (table and encoder) and the :class:`RecombinationHeads`: the four
 sub-session readouts (the teacher-side ``teacher_hot``/``teacher_cold`` included -- the authors never
 train them, §1.8 item 2) and ``W_a..W_d``. The teacher's encoder and item table are frozen
-(``requires_grad_(False)``). The optimiser is built by the trainer *after* all of these exist
+(``requires_grad_(False)``) unless ``teacher_lr > 0``. The optimiser is built by the trainer *after* all of these exist
 (:meth:`DistillationLoss.param_groups`), unlike the authors' code (§1.8 item 1). The heads are
 training-only: checkpoints hold the student alone.
+
+Student -> teacher (``teacher_lr > 0``, off by default). EODRec calls its distillation *bidirectional*;
+the authors' code never updates the teacher (METHODS.md §2.7 item 5). With ``teacher_lr > 0`` the
+teacher learns from the student too, mutual-learning style: an extra term ``s2t = (1 - λ) CE_T +
+λ KL(student || teacher)`` whose gradient reaches only the teacher (its own optimizer group at
+``teacher_lr``, the student's side held constant), still in eval mode (no dropout). The teacher is a
+training-time helper: only the student is saved, so a changed teacher is never shipped. The other
+"bidirectional" element, InfoNCE with both views as anchors, is ``bidirectional``.
 
 ``init_student_encoder_from_teacher`` (default on) copies every non-table weight of the teacher
 (positions, Transformer, readout) into the student before training. This is a toolkit choice, not the
@@ -55,6 +63,8 @@ from pocketrec.train.losses import info_nce
 from pocketrec.train.recombination import POSITIONS, RecombinationHeads, select_positions, split_prefixes
 
 TERMS = ("rec", "kd", "cl", "pred")
+#: ``s2t``: the student -> teacher direction, on only when ``teacher_lr > 0`` (the teacher then learns).
+ALL_TERMS = (*TERMS, "s2t")
 
 
 @dataclass
@@ -76,6 +86,7 @@ class DistillConfig:
     use_cl: bool = True
     use_pred: bool = True
     bidirectional: bool = False
+    teacher_lr: float = 0.0
     ssl_positions: str = "last"
     init_student_encoder_from_teacher: bool = True
 
@@ -88,6 +99,8 @@ class DistillConfig:
         for name in ("kd_temperature", "cl_temperature"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.teacher_lr < 0:
+            raise ValueError(f"teacher_lr must be >= 0 (0 keeps the teacher frozen), got {self.teacher_lr}")
         if not 0.0 <= self.hot_ratio <= 1.0:
             raise ValueError(f"hot_ratio must lie in [0, 1], got {self.hot_ratio}")
         if self.ssl_positions not in POSITIONS:
@@ -97,13 +110,13 @@ class DistillConfig:
                              "use_cl, use_pred")
 
     def enabled(self, term: str) -> bool:
-        weight = {"rec": 1.0 - self.kd_weight, "kd": self.kd_weight, "cl": self.cl_weight,
-                  "pred": self.pred_weight}[term]
-        return bool(getattr(self, f"use_{term}")) and weight > 0
+        if term == "s2t":
+            return self.teacher_lr > 0
+        return bool(getattr(self, f"use_{term}")) and self.weight(term) > 0
 
     def weight(self, term: str) -> float:
         return {"rec": 1.0 - self.kd_weight, "kd": self.kd_weight, "cl": self.cl_weight,
-                "pred": self.pred_weight}[term]
+                "pred": self.pred_weight, "s2t": 1.0}[term]
 
 
 def check_pair(student: SessionRecommender, teacher: SessionRecommender) -> None:
@@ -149,18 +162,22 @@ class DistillationLoss(nn.Module):
                              f"got {tuple(hot_mask.shape)}")
         self.student = student
         self.config = config
-        self.__dict__["teacher"] = teacher  # not a submodule: frozen, never saved with the heads
-        teacher.requires_grad_(False)
+        self.__dict__["teacher"] = teacher  # not a submodule: never saved with the heads
+        teacher.requires_grad_(config.enabled("s2t"))
         teacher.eval()
         self.register_buffer("hot_mask", hot_mask, persistent=False)
         self.heads = RecombinationHeads(student.config.dim)
 
-    def param_groups(self) -> list[dict[str, Any]]:
-        """Optimizer parameter groups: the student's trainable parameters and the heads'."""
+    def param_groups(self, lr: float | None = None) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: the student's trainable parameters and the heads' (at the trainer's
+        ``lr``), and with ``teacher_lr > 0`` the teacher's at ``teacher_lr``."""
         params = [p for p in self.student.parameters() if p.requires_grad]
         if self.config.use_cl or self.config.use_pred:
             params += list(self.heads.parameters())
-        return [{"params": params}]
+        groups: list[dict[str, Any]] = [{"params": params}]
+        if self.config.enabled("s2t"):
+            groups.append({"params": list(self.teacher.parameters()), "lr": self.config.teacher_lr})
+        return groups
 
     def terms(self, batch: Batch) -> dict[str, Tensor]:
         """Each enabled term, unweighted, as a differentiable scalar."""
@@ -169,14 +186,16 @@ class DistillationLoss(nn.Module):
         self.heads.train(student.training)
         mask = batch.target_mask
         targets = batch.targets[mask]
+        teacher_learns = cfg.enabled("s2t") and torch.is_grad_enabled()
+        teacher_grad = torch.enable_grad if teacher_learns else torch.no_grad
         z_s_all = student.prefix_queries(batch.inputs)
-        with torch.no_grad():
+        with teacher_grad():
             z_t_all = teacher.prefix_queries(batch.inputs)
         ssl = cfg.enabled("cl") or cfg.enabled("pred")
         out: dict[str, Tensor] = {}
 
         student_rows = student.scoring_rows()
-        with torch.no_grad():
+        with teacher_grad():
             teacher_rows = teacher.scoring_rows()
         if cfg.enabled("rec") or cfg.enabled("kd"):
             kd = cfg.enabled("kd")
@@ -187,6 +206,12 @@ class DistillationLoss(nn.Module):
                 out["rec"] = rec
             if kd:
                 out["kd"] = kl
+        if teacher_learns:
+            # Student -> teacher: the teacher's own CE and KL(student || teacher), weighted like the forward
+            # direction's; the student side is a constant here.
+            rec_t, kl_t = catalogue_losses(z_t_all[mask], teacher_rows, targets, teacher_queries=z_s_all[mask],
+                                           teacher_rows=student_rows, temperature=cfg.kd_temperature)
+            out["s2t"] = (1.0 - cfg.kd_weight) * rec_t + cfg.kd_weight * kl_t
         if ssl:
             rows, cols = select_positions(mask, cfg.ssl_positions)
             split = split_prefixes(batch.inputs, rows, cols, self.hot_mask)
@@ -194,7 +219,7 @@ class DistillationLoss(nn.Module):
             if bool(used.any()):
                 z_s, z_t = z_s_all[rows, cols], z_t_all[rows, cols]
                 student_emb = student.table(split.items)
-                with torch.no_grad():
+                with teacher_grad():
                     teacher_emb = teacher.table(split.items)
                 parts = self.heads.readouts(split, student_emb, teacher_emb)
                 y_ssl = batch.targets[rows, cols][used]
