@@ -1,23 +1,28 @@
-"""OD-Rec benchmark: a TT student distilled from an existing teacher, with its ablations, side by side.
+"""Compression benchmark: OD-Rec or EODRec students distilled from one teacher, with their ablations.
 
 For each dataset, with the teacher checkpoint ``--teacher`` (``{dataset}`` is filled in), at a budget of
-the dense fp32 item table divided by ``--ratio`` (default 30x, the paper's headline), it trains and
-reports test Recall@20 / MRR@20 / NDCG@20 at the best-validation epoch and the item-table bytes of:
+the dense fp32 item table divided by ``--ratio`` (default: 30x for OD-Rec, 40x for EODRec, the papers'
+headline ratios), it trains and reports test Recall@20 / MRR@20 / NDCG@20 at the best-validation epoch
+and the item-table bytes of:
 
 * ``teacher``: the checkpoint as is (its stored test metrics);
-* ``odrec``: the full recipe (t = 2, all four loss terms);
-* ``odrec-t1``: a plain tensor train (t = 1) at the same budget;
-* ``odrec-no-rec`` / ``-no-kd`` / ``-no-cl`` / ``-no-pred``: one distillation term switched off;
-* ``dense-small``: a dense table of the same bytes (smaller d, ``DenseTable.for_budget``) trained from
-  scratch with the teacher's recipe (cross-entropy only, no teacher).
+* ``--method odrec``: ``odrec`` (t = 2, all four loss terms), ``odrec-t1`` (plain TT, same budget),
+  ``odrec-no-rec`` / ``-no-kd`` / ``-no-cl`` / ``-no-pred`` (one distillation term off);
+* ``--method eodrec``: ``eodrec`` (learned codes, KL, bidirectional InfoNCE), ``eodrec-no-kd`` (no
+  teacher -> student KL), ``eodrec-uni-cl`` (InfoNCE one direction only), ``eodrec-no-cl``,
+  ``eodrec-mutual`` (the teacher also learns from the student, ``teacher_lr=1e-4``), ``eodrec-rq``
+  (codes from residual k-means alone), ``eodrec-gumbel`` (the autoencoder's final codes, no selection);
+* ``dense-small`` (both): a dense table of the same bytes (smaller d) trained from scratch with the
+  teacher's recipe (cross-entropy only, no teacher).
 
-Rows go to ``benchmarks/results/odrec.json`` (one per dataset and method, replacing earlier ones).
+Rows go to ``benchmarks/results/METHOD.json`` (one per dataset and variant, replacing earlier ones) after
+every variant, so a long run keeps what it finished.
 
-    python benchmarks/odrec.py --datasets tmall --teacher runs/bench/teacher-{dataset}/best --train.epochs=10
-    python benchmarks/odrec.py --quick          # tiny synthetic smoke run (seconds), writes nothing
+    python benchmarks/compress.py --method odrec --datasets tmall --teacher runs/bench/teacher-{dataset}/best
+    python benchmarks/compress.py --method eodrec --quick      # tiny synthetic smoke run, writes nothing
 
-Overrides: ``--train.KEY=V`` and ``--distill.KEY=V`` (see ``pocketrec.methods.odrec.ODRecConfig``), e.g.
-``--num_cores=3`` or ``--warm_start=false``. ``--variants odrec,odrec-t1`` runs a subset.
+Overrides: ``--train.KEY=V``, ``--distill.KEY=V`` and the method's own keys (``--num_cores=3``, ``--M=4``...);
+``--variants a,b`` runs a subset.
 """
 
 from __future__ import annotations
@@ -30,23 +35,24 @@ from pathlib import Path
 
 from common import peak_rss_mib, print_table, write_rows
 
-VARIANTS = ("odrec", "odrec-t1", "odrec-no-rec", "odrec-no-kd", "odrec-no-cl", "odrec-no-pred", "dense-small")
-QUICK = ["train.epochs=2", "train.batch_size=32", "train.lr=0.005", "train.patience=10", "num_cores=3"]
+VARIANTS = {
+    "odrec": ("odrec", "odrec-t1", "odrec-no-rec", "odrec-no-kd", "odrec-no-cl", "odrec-no-pred", "dense-small"),
+    "eodrec": ("eodrec", "eodrec-no-kd", "eodrec-uni-cl", "eodrec-no-cl", "eodrec-mutual", "eodrec-rq",
+               "eodrec-gumbel", "dense-small"),
+}
+DEFAULT_RATIO = {"odrec": 30.0, "eodrec": 40.0}
+QUICK = {"odrec": ["num_cores=3"], "eodrec": ["code_epochs=2"]}
+QUICK_TRAIN = ["train.epochs=2", "train.batch_size=32", "train.lr=0.005", "train.patience=10", "train.progress=false"]
 
 
 def quick_setup(out: Path):
     """A synthetic 60-item walk and a tiny teacher trained on it (the smoke-test setting)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from helpers import synthetic_dataset
-    from pocketrec.models import EncoderConfig
-    from pocketrec.train.teacher import TeacherConfig, train_teacher
-    from pocketrec.train.trainer import TrainConfig
+    from helpers import synthetic_dataset, tiny_teacher_config
+    from pocketrec.train.teacher import train_teacher
 
     data = synthetic_dataset()
-    cfg = TeacherConfig(dataset="synthetic", out=str(out / "teacher-synthetic"),
-                        encoder=EncoderConfig(dim=16, max_len=10, dropout=0.1, attn_dropout=0.1),
-                        train=TrainConfig(epochs=3, batch_size=32, lr=5e-3, seed=7, progress=False, patience=10))
-    train_teacher(data, cfg)
+    train_teacher(data, tiny_teacher_config(out / "teacher-synthetic", epochs=3))
     return data, out / "teacher-synthetic" / "best"
 
 
@@ -69,8 +75,27 @@ def dense_small(teacher_dir: Path, data, budget_bytes: int, train_cfg, out_dir: 
     return model, fit
 
 
-def run_variant(name: str, teacher_dir: Path, data, cfg, out: Path) -> dict:
-    from pocketrec.methods.odrec import compress_odrec
+def variant_config(method: str, name: str, cfg):
+    """The method config of variant ``name`` (a copy of ``cfg`` with the variant's change)."""
+    distill = cfg.distill
+    if name.endswith("-t1"):
+        return dataclasses.replace(cfg, t=1)
+    if "-no-" in name:
+        term = name.split("-no-")[1]
+        return dataclasses.replace(cfg, distill=dataclasses.replace(distill, **{f"use_{term}": False}))
+    if name.endswith("-uni-cl"):
+        return dataclasses.replace(cfg, distill=dataclasses.replace(distill, bidirectional=False))
+    if name.endswith("-mutual"):
+        return dataclasses.replace(cfg, distill=dataclasses.replace(distill, teacher_lr=1e-4))
+    if name.endswith("-rq") or name.endswith("-gumbel"):
+        return dataclasses.replace(cfg, codes=name.rsplit("-", 1)[1])
+    assert name == method, name
+    return cfg
+
+
+def run_variant(method: str, name: str, teacher_dir: Path, data, cfg, out: Path) -> dict:
+    import importlib
+
     from pocketrec.search.budget import parse_budget
     from pocketrec.tables.dense import DenseTable
     from pocketrec.train.checkpoint import read_meta
@@ -83,16 +108,12 @@ def run_variant(name: str, teacher_dir: Path, data, cfg, out: Path) -> dict:
         model, fit = dense_small(teacher_dir, data, parse_budget(cfg.budget, dense_bytes), cfg.train, run_dir)
         test, table_bytes, extra = fit.history[-1]["test"], model.table.nbytes(), {"dim": model.table.dim}
     else:
-        distill, t = cfg.distill, cfg.t
-        if name == "odrec-t1":
-            t = 1
-        elif name.startswith("odrec-no-"):
-            distill = dataclasses.replace(distill, **{f"use_{name.removeprefix('odrec-no-')}": False})
-        model, result = compress_odrec(teacher_dir, data, cfg.budget, num_cores=cfg.num_cores, t=t, out_dir=run_dir,
-                                       distill=distill, train=cfg.train, warm_start=cfg.warm_start,
-                                       warm_start_steps=cfg.warm_start_steps)
+        recipe = importlib.import_module(f"pocketrec.methods.{method}")
+        vcfg = dataclasses.replace(variant_config(method, name, cfg), out=str(run_dir))
+        model, result = recipe.compress_from_config(vcfg, data)
         fit, test, table_bytes = result.fit, result.test, result.table_bytes
-        extra = {"tt_rank": model.table.rank, "t": t, "num_cores": cfg.num_cores}
+        keys = ("tt_rank", "t", "num_cores", "warm_start_error", "M", "K", "codes", "code_mse", "code_learning")
+        extra = {k: result.meta[k] for k in keys if k in result.meta}
     return {"dataset": data.name, "method": name, "table_bytes": table_bytes, "dense_table_bytes": dense_bytes,
             "ratio": dense_bytes / table_bytes, "recall@20": test["recall@20"], "mrr@20": test["mrr@20"],
             "ndcg@20": test["ndcg@20"], "best_epoch": fit.best_epoch + 1, "epoch_seconds": fit.epoch_seconds,
@@ -112,10 +133,11 @@ def teacher_row(teacher_dir: Path, dataset: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", choices=sorted(VARIANTS), default="odrec")
     parser.add_argument("--datasets", default="tmall,diginetica")
     parser.add_argument("--teacher", default="runs/bench/teacher-{dataset}/best")
-    parser.add_argument("--ratio", type=float, default=30.0, help="budget = dense fp32 item table / RATIO")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--ratio", type=float, default=0.0, help="budget = dense fp32 item table / RATIO")
+    parser.add_argument("--variants", default="", help="comma-separated subset (default: all of the method's)")
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="tiny synthetic smoke run; writes no results")
@@ -125,37 +147,39 @@ def main() -> None:
 
     from pocketrec.config import load_config
     from pocketrec.data.registry import load_dataset
-    from pocketrec.methods.odrec import ODRecConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    variants = [v for v in args.variants.split(",") if v]
-    unknown = sorted(set(variants) - set(VARIANTS))
+    method = args.method
+    variants = [v for v in (args.variants or ",".join(VARIANTS[method])).split(",") if v]
+    unknown = sorted(set(variants) - set(VARIANTS[method]))
     if unknown:
-        sys.exit(f"unknown variants {unknown} (known: {', '.join(VARIANTS)})")
+        sys.exit(f"unknown variants {unknown} for {method} (known: {', '.join(VARIANTS[method])})")
+    config_cls = getattr(__import__(f"pocketrec.methods.{method}", fromlist=["x"]),
+                         {"odrec": "ODRecConfig", "eodrec": "EODRecConfig"}[method])
     out = Path(args.out)
+    ratio = args.ratio or DEFAULT_RATIO[method]
     rows = []
     if args.quick:
-        out = out / "odrec-quick"
+        out = out / f"{method}-quick"
         data, teacher_dir = quick_setup(out)
         jobs = [(data, teacher_dir)]
-        ratio, overrides = 9.0, [*QUICK, "train.progress=false", *overrides]
+        ratio, overrides = 4.0, [*QUICK_TRAIN, *QUICK[method], *overrides]
     else:
         jobs = [(name, Path(args.teacher.format(dataset=name))) for name in args.datasets.split(",") if name]
-        ratio = args.ratio
     for data, teacher_dir in jobs:
         if not (Path(teacher_dir) / "checkpoint.json").is_file():
             sys.exit(f"no teacher checkpoint at {teacher_dir} (train one with benchmarks/teacher.py or "
                      "`pocketrec train`, or pass --teacher)")
         if isinstance(data, str):
             data = load_dataset(data)
-        cfg = load_config(ODRecConfig, None, [*overrides, f"budget={ratio}x"])
+        cfg = load_config(config_cls, None, [*overrides, f"budget={ratio}x", f"teacher={teacher_dir}"])
         done = [teacher_row(teacher_dir, data.name)]
         for name in variants:
             print(f"== {data.name}: {name}", file=sys.stderr, flush=True)
-            done.append(run_variant(name, teacher_dir, data, cfg, out))
+            done.append(run_variant(method, name, teacher_dir, data, cfg, out))
             if not args.quick:
-                write_rows("odrec", done)  # after every variant, so a long run keeps what it finished
+                write_rows(method, done)
         rows += done
     table = [{"dataset": r["dataset"], "method": r["method"], "table bytes": r["table_bytes"],
               "ratio": f"{r['ratio']:.1f}x", "Recall@20 %": 100 * (r["recall@20"] or 0.0),

@@ -1,0 +1,26 @@
+"""Smoke runs of the compression benchmark (its --quick setting): the variants run end to end and learn."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBSETS = {"odrec": ["odrec", "odrec-t1", "odrec-no-kd"], "eodrec": ["eodrec", "eodrec-mutual", "eodrec-gumbel",
+                                                                    "dense-small"]}
+
+
+@pytest.mark.parametrize("method", sorted(SUBSETS))
+def test_compress_benchmark_quick(method, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compress.py"), "--method", method, "--quick",
+                           "--out", str(tmp_path), "--variants", ",".join(SUBSETS[method])],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in proc.stdout.splitlines() if ln.startswith("| synthetic")]
+    assert [r[1] for r in rows] == ["teacher", *SUBSETS[method]]
+    for row in rows[1:]:
+        assert float(row[3].rstrip("x")) >= 3.9  # the 4x budget is met
+        if row[1] != "dense-small":
+            assert float(row[4]) > 60.0  # Recall@20 %; 60 items, so a random ranker gets ~33%
+    assert not (ROOT / "benchmarks" / "results" / f"{method}-quick.json").exists()
