@@ -289,3 +289,18 @@ def test_least_squares_codebooks_and_icm_never_raise_the_error() -> None:
     refined = CodebookTable.from_vectors(vectors, 3, 8, seed=0, refine_iters=3)
     assert refined.reconstruction_error(vectors) <= CodebookTable.from_vectors(
         vectors, 3, 8, seed=0).reconstruction_error(vectors)
+
+
+@pytest.mark.parametrize("M,K,bitpack", [(1, 256, False), (3, 16, True), (7, 32, True), (5, 256, False), (4, 2, True)])
+def test_numpy_scorer_groups_codebooks_and_matches_torch(M, K, bitpack):
+    from pocketrec.device.np_tables import make_scorer
+
+    table = CodebookTable(500, 12, M=M, K=K, bitpack=bitpack, seed=3)
+    scorer = make_scorer(*table.export())
+    assert sum(len(g) for g in scorer.groups) == M and all(K ** len(g) <= 32768 for g in scorer.groups)
+    query = torch.randn(1, 12, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = table.score(query)[0, 1:].numpy()
+        rows = table(torch.tensor([0, 1, 77, 500])).numpy()
+    np.testing.assert_allclose(scorer.score(query[0].numpy())[1:], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scorer.rows(np.array([0, 1, 77, 500])), rows, rtol=1e-6, atol=1e-6)

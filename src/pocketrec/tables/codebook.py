@@ -331,15 +331,25 @@ class CodebookTable(ItemTable):
         """``LUT[b, m, k] = queries[b] . codebooks[m, k]``, shape ``(batch, M, K)``."""
         return torch.einsum("bd,mkd->bmk", queries, self.codebooks.to(queries.dtype))
 
+    def _flat_codes(self) -> Tensor:
+        """``(M, num_items + 1)`` contiguous codes with each codebook's offset ``m*K`` added: the index rows
+        of :meth:`score`'s gathers (cached; rebuilt when ``codes`` changes, e.g. by ``load_state_dict``)."""
+        key = (self.codes.data_ptr(), self.codes._version, self.codes.device)
+        if getattr(self, "_flat_key", None) != key:
+            self._flat = (self.codes + self.code_offsets).t().contiguous()
+            self._flat_key = key
+        return self._flat
+
     def score(self, queries: Tensor) -> Tensor:
         """``scores[b, i] = sum_m LUT[b, m, codes[i, m]]``: ``O(M K d + n M)`` per query, differentiable
         w.r.t. the codebooks (and the queries). Column 0 is masked."""
         batch = queries.shape[0]
         lut = self.lookup_tables(queries).reshape(batch, self.M * self.K)
-        scores = lut.index_select(1, self.codes[:, 0])
+        flat = self._flat_codes()
+        scores = lut.index_select(1, flat[0])
         for m in range(1, self.M):
             # index_select's backward needs only the index, so accumulating in place is autograd-safe.
-            scores.add_(lut.index_select(1, self.codes[:, m] + m * self.K))
+            scores.add_(lut.index_select(1, flat[m]))
         return mask_padding_column(scores)
 
     def materialize(self) -> Tensor:
