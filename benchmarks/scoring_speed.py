@@ -28,8 +28,8 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import print_table, write_rows  # noqa: E402
 
+from common import print_table, write_rows  # noqa: E402
 from pocketrec.device.np_tables import make_scorer  # noqa: E402
 from pocketrec.tables.codebook import CodebookTable  # noqa: E402
 from pocketrec.tables.dense import DenseTable  # noqa: E402
@@ -86,7 +86,7 @@ def main() -> None:
                    "describe": table.describe()}
             for runtime in runtimes:
                 if runtime == "torch":
-                    def fn(table=table):
+                    def fn(table=table, query=query):
                         with torch.no_grad():
                             table.score(query)
                 else:
