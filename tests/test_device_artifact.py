@@ -21,6 +21,7 @@ from pocketrec.device.runtime import ArtifactError, load, read_artifact
 from pocketrec.models.session_encoder import EncoderConfig, SessionRecommender
 from pocketrec.tables.codebook import CodebookTable
 from pocketrec.tables.dense import DenseTable
+from pocketrec.tables.quantized import QuantizedTable
 from pocketrec.tables.tt import TTTable
 from pocketrec.train.teacher import train_teacher
 
@@ -52,6 +53,8 @@ def trained_models(out: str = "") -> tuple[object, dict[str, SessionRecommender]
         "codebook": with_table(teacher, CodebookTable.from_vectors(weight, M=2, K=16, iters=5)),
         "codebook_packed": with_table(teacher, CodebookTable.from_vectors(weight, M=3, K=16, iters=5,
                                                                           bitpack=True)),
+        "int8": with_table(teacher, QuantizedTable.from_rows(weight, bits=8)),
+        "int4": with_table(teacher, QuantizedTable.from_rows(weight, bits=4)),
     }
     return data, models
 
@@ -67,7 +70,7 @@ def header_size(path) -> int:
     return 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]
 
 
-@pytest.mark.parametrize("kind", ["dense", "tt", "codebook", "codebook_packed"])
+@pytest.mark.parametrize("kind", ["dense", "tt", "codebook", "codebook_packed", "int8", "int4"])
 def test_artifact_bytes(setup, kind):
     data, models, root = setup
     model = models[kind]

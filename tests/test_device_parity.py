@@ -54,7 +54,7 @@ def sessions(data, count: int = 8) -> list[np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("kind", ["dense", "tt", "codebook", "codebook_packed"])
+@pytest.mark.parametrize("kind", ["dense", "tt", "codebook", "codebook_packed", "int8", "int4"])
 def test_torch_numpy_onnx_agree(setup, kind):
     data, models, root = setup
     model = models[kind]

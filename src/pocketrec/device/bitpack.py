@@ -93,3 +93,21 @@ def unpack_codes(packed: np.ndarray, bits: int, count: int, dtype: np.dtype | No
             values = (values << np.uint32(1)) | bit_matrix[:, col]
         out[start:start + n] = values
     return out
+
+
+def pack_int4(values: np.ndarray) -> np.ndarray:
+    """``(rows, d)`` int8 in ``-8..7`` -> ``(rows, ceil(d / 2))`` uint8, low nibble = even column."""
+    rows, dim = values.shape
+    padded = np.zeros((rows, dim + dim % 2), dtype=np.uint8)
+    padded[:, :dim] = values.astype(np.int8).view(np.uint8) & 0x0F
+    return padded[:, 0::2] | (padded[:, 1::2] << 4)
+
+
+def unpack_int4(packed: np.ndarray, dim: int) -> np.ndarray:
+    """Inverse of :func:`pack_int4`: ``(rows, dim)`` int8."""
+    nibbles = np.empty((packed.shape[0], packed.shape[1] * 2), dtype=np.uint8)
+    nibbles[:, 0::2] = packed & 0x0F
+    nibbles[:, 1::2] = packed >> 4
+    signed = nibbles[:, :dim].astype(np.int8)
+    signed[signed >= 8] -= 16
+    return signed

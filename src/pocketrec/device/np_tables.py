@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pocketrec.device.bitpack import unpack_codes
+from pocketrec.device.bitpack import unpack_codes, unpack_int4
 
 SCORERS: dict[str, type[NumpyTable]] = {}
 
@@ -249,6 +249,39 @@ class CodebookScorer(NumpyTable):
                 np.take(lut, combined, out=items)
             else:
                 items += lut.take(combined)
+        return out
+
+
+@register_scorer("quantized")
+class QuantizedScorer(NumpyTable):
+    """Row-wise int8 / int4 rows with a float32 scale each (:mod:`pocketrec.tables.quantized`).
+
+    int4 rows are unpacked to int8 once at load (``n x dim`` bytes resident); scores are computed a
+    chunk of rows at a time in float32: ``(values @ q) * scales``.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> None:
+        super().__init__(arrays, description)
+        _require(arrays, ["values", "scales"], "quantized")
+        values = arrays["values"]
+        if int(description.get("bits", 8)) == 4:
+            values = unpack_int4(values, self.dim)
+        if values.shape != (self.num_rows, self.dim) or arrays["scales"].shape != (self.num_rows,):
+            raise ValueError(f"quantized table arrays have shapes {values.shape} / {arrays['scales'].shape}")
+        self.values = np.ascontiguousarray(values, dtype=np.int8)
+        self.scales = np.asarray(arrays["scales"], dtype=np.float32)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        out = self.values[ids].astype(np.float32) * self.scales[ids, None]
+        out[ids == 0] = 0.0
+        return out
+
+    def score(self, query: np.ndarray) -> np.ndarray:
+        out = np.empty(self.num_rows, dtype=np.float32)
+        for start in range(0, self.num_rows, _CHUNK_ROWS):
+            stop = min(start + _CHUNK_ROWS, self.num_rows)
+            out[start:stop] = (self.values[start:stop].astype(np.float32) @ query) * self.scales[start:stop]
         return out
 
 

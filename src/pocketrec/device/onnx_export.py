@@ -11,6 +11,7 @@ The graph uses flat lookups only (``Gather`` from ``F.embedding`` / ``index_sele
 * dense: the rows are an initializer; scores are one ``MatMul``;
 * tt: the graph holds the cores and rebuilds all rows (one STP chain over the whole catalogue) then
   scores with a ``MatMul``; the cores are what is stored, not the rows;
+* quantized: int8 values (int4 unpacked to int8) and float32 scales, dequantised in the graph;
 * codebook: codebooks plus codes (uint8 for K <= 256, else int32; bit-packed codes are stored unpacked
   since ONNX has no bit type), scores through the per-codebook lookup tables, ``M`` gathers and a sum.
 
@@ -51,6 +52,9 @@ class _OnnxRecommender(nn.Module):
             self.weight = nn.Parameter(table.weight.detach().clone(), requires_grad=False)
         elif self.kind == "tt":
             self.tt = table
+        elif self.kind == "quantized":  # int4 is stored unpacked as int8 (ONNX has no 4-bit type at opset 17)
+            self.register_buffer("values", table.values.detach().clone())
+            self.register_buffer("scales", table.scales.detach().clone())
         elif self.kind == "codebook":
             self.M, self.K = table.M, table.K
             codes = table.codes.detach().clone()
@@ -81,6 +85,9 @@ class _OnnxRecommender(nn.Module):
             return F.embedding(ids, self.weight), self.weight
         if self.kind == "tt":
             weight = self.tt.full_weight()
+            return F.embedding(ids, weight), weight
+        if self.kind == "quantized":
+            weight = self.values.to(torch.float32) * self.scales.unsqueeze(1)
             return F.embedding(ids, weight), weight
         return self._codebook_rows(ids), None
 
