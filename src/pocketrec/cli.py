@@ -115,45 +115,113 @@ def main() -> None:  # pragma: no cover - console entry point
     app(sys.argv[1:])
 
 
+DEMO_TEACHER = ["teacher.train.epochs=40", "teacher.train.patience=8", "teacher.train.lr=0.002"]
+DEMO_STUDENT = ["student.epochs=8", "student.patience=3", "student.lr=0.002", "eodrec_code_epochs=5"]
+
+
+def _run_bench(cfg, title: str, command: str, quiet: bool):
+    """Run a bench config, write its report, print the table; shared by ``bench`` and ``demo``."""
+    from pocketrec.bench.report import write_report
+    from pocketrec.bench.runner import markdown_table, run_bench
+    from pocketrec.data.registry import load_dataset
+
+    if quiet:
+        cfg.teacher.train.progress = cfg.student.progress = False
+    data = load_dataset(cfg.dataset)
+    cfg.out = cfg.out or f"runs/bench-{data.name}"
+    console.print(f"[bold]{data.name}[/bold]: {data.num_items:,} items, {data.train.num_examples:,} training "
+                  f"examples ({data.protocol} protocol); budgets {', '.join(cfg.budgets)}; out {cfg.out}")
+    rows = run_bench(cfg, data, log=lambda line: console.print(f"[dim]bench[/dim] {line}"))
+    md, page = write_report(rows, Path(cfg.out), title or data.name, command)
+    print(markdown_table(rows))
+    console.print(f"report: {md} and {page}")
+    return data, rows
+
+
+@app.command(context_settings=OVERRIDES)
+def bench(ctx: typer.Context,
+          dataset: str = typer.Option("ml-100k", help="dataset name or path"),
+          budgets: str = typer.Option("3%,10%", help="comma-separated item-table budgets: '3%', '30x', '200KB'"),
+          methods: str | None = typer.Option(None, help="comma-separated subset of: odrec, tt, eodrec, "
+                                                        "dense-small, kmeans, int8, int4 (default: all)"),
+          teacher: Path | None = typer.Option(None, help="use this teacher checkpoint instead of training one"),
+          out: Path | None = typer.Option(None, help="bench folder (default runs/bench-DATASET); finished "
+                                                     "models in it are reused"),
+          config: Path | None = typer.Option(None, help="YAML with BenchConfig keys (teacher:, student:, ...)"),
+          quiet: bool = typer.Option(False, help="no progress bars")) -> None:
+    """Build every method at every budget, evaluate, time on device, and write a report with plots.
+
+    Example: pocketrec bench --dataset tmall --budgets 3%,10% --teacher runs/teacher-tmall/best
+    --student.epochs=3. Overrides as --key=value (see pocketrec.bench.runner.BenchConfig).
+    """
+    from pocketrec.bench.runner import BenchConfig
+    from pocketrec.config import load_config
+
+    try:
+        given = [f"dataset={dataset}", f"budgets={budgets}"]
+        if methods:
+            given.append(f"methods={methods}")
+        if teacher:
+            given.append(f"teacher_checkpoint={teacher}")
+        if out:
+            given.append(f"out={out}")
+        cfg = load_config(BenchConfig, config, [*ctx.args, *given])
+        _run_bench(cfg, "", _command_line(), quiet)
+    except user_errors() as err:
+        fail(str(err))
+
+
+def _command_line() -> str:
+    """How this run was invoked, for the report."""
+    import sys
+
+    return " ".join(["pocketrec", *sys.argv[1:]])
+
+
 @app.command(context_settings=OVERRIDES)
 def demo(ctx: typer.Context,
          dataset: str = typer.Option("ml-100k", help="dataset name or path"),
-         out: Path = typer.Option(Path("runs/demo"), help="run folder"),
+         budgets: str = typer.Option("3%,10%", help="two (or more) item-table budgets"),
+         out: Path = typer.Option(Path("runs/demo"), help="run folder (finished models in it are reused)"),
          quiet: bool = typer.Option(False, help="no progress bars")) -> None:
-    """Train and evaluate a teacher on the built-in ml-100k, then recommend for one user.
+    """The tour: teacher, every method at two budgets, device files, a recommendation, a report.
 
-    Runs on a fresh machine in a few minutes on 2 CPU cores; `--dataset tmall` runs the same elsewhere.
+    On the built-in ml-100k it runs on a fresh machine in under 10 minutes on 2 CPU cores: trains a
+    teacher, compresses it with OD-Rec, TT, EODRec and the baselines at each budget, exports every model
+    as a device artifact, recommends for one test user through the numpy runtime (with titles), prints
+    the table and writes OUT/report.md / report.html with plots. `--dataset tmall` runs the same elsewhere.
     """
-    import torch
-
+    from pocketrec.bench.runner import BenchConfig
     from pocketrec.config import load_config
-    from pocketrec.data.registry import load_dataset
-    from pocketrec.eval.metrics import format_metrics
-    from pocketrec.train.teacher import TeacherConfig, final_test_metrics, train_teacher
 
     try:
-        cfg = load_config(TeacherConfig, None, ["train.epochs=40", "train.patience=8", "train.lr=0.002", *ctx.args,
-                                                f"dataset={dataset}", f"out={out / 'teacher'}"])
-        if quiet:
-            cfg.train.progress = False
-        data = load_dataset(cfg.dataset)
-        console.print(f"[bold]{data.name}[/bold]: {data.num_items:,} items, "
-                      f"{data.train.num_examples:,} training examples ({data.protocol} protocol)")
-        model, result = train_teacher(data, cfg)
+        cfg = load_config(BenchConfig, None, [*DEMO_TEACHER, *DEMO_STUDENT, *ctx.args, f"dataset={dataset}",
+                                              f"budgets={budgets}", f"out={out}"])
+        data, rows = _run_bench(cfg, f"{dataset} demo", _command_line(), quiet)
     except user_errors() as err:
         fail(str(err))
-    test = final_test_metrics(result)
-    console.print(f"teacher: best epoch {result.best_epoch + 1}, test {format_metrics(test)} "
-                  f"({result.epoch_seconds:.1f} s/epoch), item table {model.table.nbytes():,} bytes")
-    history = data.test.sequences[0][:-1][-model.config.max_len:]
-    with torch.no_grad():
-        scores = model.score(torch.as_tensor(history).view(1, -1))[0]
-    top = torch.topk(scores, 10).indices.tolist()
-    titles = data.item_titles or {}
-    console.print("recent history of the first test user: "
-                  + "; ".join(titles.get(int(i), data.vocab.decode([i])[0]) for i in history[-5:]))
-    for rank, item in enumerate(top, 1):
-        console.print(f"  {rank:2d}. {titles.get(item, data.vocab.decode([item])[0])}")
+    _demo_recommendation(data, rows)
+
+
+def _demo_recommendation(data, rows) -> None:
+    """Recommend for the first test user with the smallest EODRec (else smallest) artifact, numpy only."""
+    from pocketrec.device.runtime import load
+
+    built = [r for r in rows if "artifact" in r and r["method"] != "teacher"]
+    if not built:
+        return
+    pick = min((r for r in built if r["method"] == "eodrec"), key=lambda r: r["table_bytes"], default=None)
+    pick = pick or min(built, key=lambda r: r["table_bytes"])
+    device = load(pick["artifact"])
+    history = data.vocab.decode([int(i) for i in data.test.sequences[0][:-1]])
+    raw_titles = data.item_titles or {}
+    titles = {data.vocab.decode([i])[0]: t for i, t in raw_titles.items()}
+    items, scores = device.recommend(history, k=10, exclude_history=True)
+    console.print(f"\n[bold]On device[/bold]: {pick['artifact']} ({pick['method']} @ {pick['budget']}, "
+                  f"item table {pick['table_bytes']:,} bytes, numpy runtime, no torch)")
+    console.print("recent history of the first test user: " + "; ".join(titles.get(i, i) for i in history[-5:]))
+    for rank, (item, score) in enumerate(zip(items, scores, strict=True), 1):
+        console.print(f"  {rank:2d}. {titles.get(item, item)}  ({score:.3f})")
 
 
 @app.command()

@@ -172,7 +172,7 @@ class CodebookScorer(NumpyTable):
     """Compositional codes (:mod:`pocketrec.tables.codebook`): ``e_i = sum_m A[m, c_i^m]``.
 
     Scoring builds the lookup tables ``LUT[m] = A[m] @ q`` (``M*K*dim`` multiply-adds) and sums gathered
-    entries per item. Codebooks are *grouped* ``g`` at a time (the largest ``g`` with ``K**g <= 32768``):
+    entries per item. Codebooks are *grouped* ``g`` at a time (the largest ``g`` with ``K**g <= min(32768, n)``):
     a group's lookup table is the outer sum of its members' (``K**g`` adds, at most 128 KiB, cache
     resident) and its items' codes are combined at load into one uint16 index, so a score costs
     ``ceil(M / g)`` gathers per item instead of ``M`` (Tmall's M = 7, K = 32: 3 instead of 7). The
@@ -198,8 +198,9 @@ class CodebookScorer(NumpyTable):
         codes = codes.reshape(self.num_items, self.M)
         if codes.size and int(codes.max()) >= self.K:
             raise ValueError(f"codes must lie in 0..{self.K - 1}")
-        size = 1
-        while size < self.M and self.K ** (size + 1) <= self.MAX_GROUP_LUT:
+        size = 1  # a group table larger than the catalogue would cost more to build than it saves
+        cap = min(self.MAX_GROUP_LUT, max(self.K, self.num_items))
+        while size < self.M and self.K ** (size + 1) <= cap:
             size += 1
         self.groups = [list(range(start, min(start + size, self.M))) for start in range(0, self.M, size)]
         index_type = codes.dtype if size == 1 else np.uint16
