@@ -82,11 +82,13 @@ def test_artifact_bytes(setup, kind):
     assert all(a.dtype == np.float32 for n, a in tensors.items() if n.startswith("encoder/"))
     expected_encoder = sum(v.numel() * 4 for k, v in model.state_dict().items() if not k.startswith("table."))
     assert encoder_bytes == expected_encoder
+    norms_bytes = tensors["scoring/norms"].nbytes if model.config.normalize else 0
+    assert norms_bytes == (4 * (model.num_items + 1) if model.config.normalize else 0)
     size = path.stat().st_size
-    assert size == header_size(path) + table_bytes + encoder_bytes  # nothing but header and tensors
+    assert size == header_size(path) + table_bytes + encoder_bytes + norms_bytes  # nothing but header and tensors
     manifest_bytes = len(json.dumps(manifest))
     # the header is the manifest plus a short index entry per tensor
-    assert 0 <= size - (table_bytes + encoder_bytes + manifest_bytes) <= 128 * len(tensors)
+    assert 0 <= size - (table_bytes + encoder_bytes + norms_bytes + manifest_bytes) <= 128 * len(tensors)
     if kind.startswith("codebook"):
         codes = tensors["table/codes"]
         assert codes.dtype == np.uint8
@@ -96,14 +98,16 @@ def test_artifact_bytes(setup, kind):
 
 @pytest.mark.parametrize("kind", ["dense", "codebook"])
 def test_size_on_disk_within_two_percent(tmp_path, kind):
-    """At a realistic table size the file is the table plus the encoder plus the manifest, within 2%."""
+    """At a realistic table size the file is its parts (table, encoder, the norms of a cosine model) plus the
+    manifest, within 2%."""
     num_items = 20000
     table = DenseTable(num_items, 32) if kind == "dense" else CodebookTable(num_items, 32, M=8, K=256, seed=0)
     model = SessionRecommender(EncoderConfig(dim=32, max_len=20), table).eval()
     path = export_artifact(model, tmp_path / "big.safetensors")
     _, manifest = read_artifact(path)
     encoder_bytes = sum(v.numel() * 4 for k, v in model.state_dict().items() if not k.startswith("table."))
-    expected = table.nbytes() + encoder_bytes + len(json.dumps(manifest))
+    norms_bytes = 4 * (num_items + 1)  # EncoderConfig scores by cosine by default
+    expected = table.nbytes() + encoder_bytes + norms_bytes + len(json.dumps(manifest))
     assert abs(path.stat().st_size - expected) <= 0.02 * expected
 
 

@@ -109,3 +109,22 @@ def test_tt_three_cores_and_uint16_codes(setup):
             with torch.no_grad():
                 ref = model.score(torch.as_tensor(session).view(1, -1))[0].numpy()
             np.testing.assert_allclose(device.scores(session)[1:], ref[1:], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["dense", "tt", "codebook_packed", "int4"])
+def test_streamed_top_k_equals_full_ranking_across_blocks(setup, kind, monkeypatch):
+    """With tiny score blocks the streamed top-k (ties by id, exclusions) equals a sort of all scores."""
+    from pocketrec.device import np_tables
+
+    data, models, root = setup
+    device = load(export_artifact(models[kind], root / f"{kind}-blocks.safetensors", vocab=data.vocab.to_json()))
+    monkeypatch.setattr(np_tables, "_SCORE_BLOCK", 7)
+    for session in sessions(data, 3):
+        full = device.scores(session)
+        full[session] = -np.inf
+        order = np.lexsort((np.arange(len(full)), -full))
+        expected = [i for i in order if np.isfinite(full[i])][:15]
+        ids, scores = device.top_k(session, 15, exclude=session)
+        assert list(ids) == expected
+        np.testing.assert_array_equal(scores, full[expected])
+        assert len(list(device.table.blocks())) > 5

@@ -7,6 +7,10 @@ Layout of the file (read by the numpy-only :mod:`pocketrec.device.runtime`):
 * ``table/<name>``: the item table's :meth:`ItemTable.export` arrays at their stored types (uint8 codes
   stay uint8, bit-packed codes stay packed); with ``fp16=True`` its float32 arrays become float16 and the
   description's ``dtype`` says so;
+* ``scoring/norms``: for cosine-scoring models (``encoder.normalize``), the L2 norm of every item row,
+  float32 ``(num_items + 1,)`` (float16 with ``fp16=True``; entry 0 is 1): the runtime divides scores by it. Stored rather than
+  recomputed at load, so the file holds everything the runtime keeps resident (disk and memory agree)
+  and loading never rebuilds the catalogue;
 * the safetensors metadata (string -> string) is the manifest: ``format`` (``pocketrec-device``),
   ``version``, ``table`` (description JSON), ``encoder`` (config JSON), ``num_items``, ``vocab`` (JSON list
   of raw ids; internal id ``i`` is ``vocab[i-1]``), ``table_nbytes``, ``dataset`` and ``checksum``: the
@@ -26,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pocketrec.device.runtime import FORMAT, VERSION, tensor_checksum
+from pocketrec.device.runtime import FORMAT, NORMS, VERSION, tensor_checksum
 
 
 def _encoder_arrays(model: Any, fp16: bool) -> dict[str, np.ndarray]:
@@ -65,6 +69,12 @@ def build_artifact(model: Any, vocab: list[str] | None = None, fp16: bool = Fals
     tensors = _encoder_arrays(model, fp16)
     table_tensors, description = _table_arrays(table, fp16)
     tensors.update(table_tensors)
+    if model.config.normalize:
+        import torch
+
+        with torch.no_grad():
+            norms = model.item_norms().detach().cpu().numpy()
+            tensors[NORMS] = np.ascontiguousarray(norms.astype(np.float16 if fp16 else np.float32))
     manifest = {
         "format": FORMAT,
         "version": str(VERSION),

@@ -6,8 +6,10 @@ scorer here (or anywhere, with the decorator) without touching the runtime core.
 the artifact's ``table/`` arrays (names without the prefix) and the description, and offers:
 
 * ``rows(ids)``: ``(len(ids), dim)`` float32 vectors of internal ids (id 0 gives zeros), for the encoder input;
-* ``score(query)``: ``(num_items + 1,)`` float32 scores of one ``(dim,)`` query against every item, using
-  the table's own fast path; entry 0 (padding) is meaningless and never ranked by the runtime;
+* ``score_blocks(query)``: ``(start, scores)`` for consecutive blocks of ids covering ``0..num_items``, the
+  float32 scores of one ``(dim,)`` query, using the table's own fast path a block at a time (so ranking
+  never needs the whole catalogue's scores at once); entry 0 (padding) is meaningless and never ranked;
+  ``score(query)`` concatenates them;
 * ``row_norms()``: ``(num_items + 1,)`` float32 L2 norms of the rows (entry 0 set to 1), computed in chunks.
 
 Each mirrors its torch table exactly (same formulas, float32 arithmetic).
@@ -21,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from pocketrec.device.bitpack import unpack_codes, unpack_int4
+from pocketrec.device.bitpack import packed_nbytes, unpack_codes, unpack_int4
 
 SCORERS: dict[str, type[NumpyTable]] = {}
 
 _CHUNK_ROWS = 16384
+_SCORE_BLOCK = 65536  # ids per scored block: 256 KiB of scores
 
 
 def register_scorer(kind: str) -> Callable[[type[NumpyTable]], type[NumpyTable]]:
@@ -50,8 +53,16 @@ class NumpyTable:
     def rows(self, ids: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def score(self, query: np.ndarray) -> np.ndarray:
+    def score_blocks(self, query: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         raise NotImplementedError
+
+    def score(self, query: np.ndarray) -> np.ndarray:
+        return np.concatenate([block for _, block in self.score_blocks(query)])
+
+    def blocks(self) -> Iterator[tuple[int, int]]:
+        """``(start, stop)`` id ranges of the scored blocks."""
+        for start in range(0, self.num_rows, _SCORE_BLOCK):
+            yield start, min(start + _SCORE_BLOCK, self.num_rows)
 
     def row_blocks(self, chunk: int = _CHUNK_ROWS) -> Iterator[tuple[int, int, np.ndarray]]:
         """``(start, stop, rows)`` over ids ``0..num_items``; default: :meth:`rows` on id ranges."""
@@ -90,13 +101,9 @@ class DenseScorer(NumpyTable):
         out[ids == 0] = 0.0
         return out
 
-    def score(self, query: np.ndarray) -> np.ndarray:
-        if self.weight.dtype == np.float32:
-            return self.weight @ query
-        out = np.empty(self.num_rows, dtype=np.float32)
-        for start in range(0, self.num_rows, _CHUNK_ROWS):  # upcast a chunk at a time: fp16 stays fp16
-            out[start:start + _CHUNK_ROWS] = self.weight[start:start + _CHUNK_ROWS].astype(np.float32) @ query
-        return out
+    def score_blocks(self, query: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        for start, stop in self.blocks():  # fp16 rows are upcast a block at a time: the table stays fp16
+            yield start, self.weight[start:stop].astype(np.float32, copy=False) @ query
 
 
 @register_scorer("tt")
@@ -160,11 +167,9 @@ class TTScorer(NumpyTable):
             start, stop = lo * per_first, min(hi * per_first, self.num_rows)
             yield start, stop, state.reshape(-1, self.dim)[: stop - start]
 
-    def score(self, query: np.ndarray) -> np.ndarray:
-        out = np.empty(self.num_rows, dtype=np.float32)
-        for start, stop, rows in self.row_blocks():
-            out[start:stop] = rows @ query
-        return out
+    def score_blocks(self, query: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        for start, _, rows in self.row_blocks():
+            yield start, rows @ query
 
 
 @register_scorer("codebook")
@@ -189,27 +194,42 @@ class CodebookScorer(NumpyTable):
         if books.shape != (self.M, self.K, self.dim):
             raise ValueError(f"codebooks have shape {books.shape}, expected {(self.M, self.K, self.dim)}")
         self.codebooks = np.ascontiguousarray(books, dtype=np.float32)
-        codes = arrays["codes"]
-        count = self.num_items * self.M
-        if description.get("bitpack"):
-            codes = unpack_codes(codes, int(description["code_bits"]), count)
-        if codes.size != count:
-            raise ValueError(f"codebook table has {codes.size} codes, expected {count}")
-        codes = codes.reshape(self.num_items, self.M)
-        if codes.size and int(codes.max()) >= self.K:
-            raise ValueError(f"codes must lie in 0..{self.K - 1}")
         size = 1  # a group table larger than the catalogue would cost more to build than it saves
         cap = min(self.MAX_GROUP_LUT, max(self.K, self.num_items))
         while size < self.M and self.K ** (size + 1) <= cap:
             size += 1
         self.groups = [list(range(start, min(start + size, self.M))) for start in range(0, self.M, size)]
-        index_type = codes.dtype if size == 1 else np.uint16
-        self.group_codes = []  # per group (n,): the members' codes as one mixed-radix index, items 1..n
-        for group in self.groups:
-            combined = np.zeros(self.num_items, dtype=np.uint32)
-            for m in group:
-                combined = combined * self.K + codes[:, m]
-            self.group_codes.append(combined.astype(index_type))
+        index_type = np.dtype(np.uint16) if size > 1 or self.K > 256 else np.dtype(np.uint8)
+        # per group (n,): the members' codes as one mixed-radix index, items 1..n; filled a chunk of items
+        # at a time, so loading never holds all the unpacked codes at once
+        self.group_codes = [np.empty(self.num_items, dtype=index_type) for _ in self.groups]
+        for start, codes in self._code_chunks(arrays["codes"], description):
+            if codes.size and int(codes.max()) >= self.K:
+                raise ValueError(f"codes must lie in 0..{self.K - 1}")
+            for group, target in zip(self.groups, self.group_codes, strict=True):
+                combined = np.zeros(len(codes), dtype=np.uint32)
+                for m in group:
+                    combined = combined * self.K + codes[:, m]
+                target[start:start + len(codes)] = combined
+
+    def _code_chunks(self, stored: np.ndarray, description: dict[str, Any], chunk: int = 1 << 16
+                     ) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first item index, codes (items, M))`` chunks of the stored (plain or bit-packed) codes."""
+        count = self.num_items * self.M
+        if not description.get("bitpack"):
+            if stored.size != count:
+                raise ValueError(f"codebook table has {stored.size} codes, expected {count}")
+            flat = stored.reshape(self.num_items, self.M)
+            for start in range(0, self.num_items, chunk):
+                yield start, flat[start:start + chunk]
+            return
+        bits = int(description["code_bits"])
+        if stored.size != packed_nbytes(count, bits):
+            raise ValueError(f"codebook table has {stored.size} packed bytes, expected {packed_nbytes(count, bits)}")
+        for start in range(0, self.num_items, chunk):  # chunk is a multiple of 8: chunks start on a byte
+            items = min(chunk, self.num_items - start)
+            byte0 = start * self.M * bits // 8
+            yield start, unpack_codes(stored[byte0:], bits, items * self.M).reshape(items, self.M)
 
     def _codes(self, idx: np.ndarray) -> list[np.ndarray]:
         """Per-codebook codes of items ``idx + 1`` (decoded from the grouped indices)."""
@@ -241,16 +261,19 @@ class CodebookScorer(NumpyTable):
             tables.append(lut)
         return tables
 
-    def score(self, query: np.ndarray) -> np.ndarray:
-        out = np.empty(self.num_rows, dtype=np.float32)
-        out[0] = 0.0
-        items = out[1:]
-        for g, (lut, combined) in enumerate(zip(self.lookup_tables(query), self.group_codes, strict=True)):
-            if g == 0:
-                np.take(lut, combined, out=items)
-            else:
-                items += lut.take(combined)
-        return out
+    def score_blocks(self, query: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        tables = self.lookup_tables(query)
+        for start, stop in self.blocks():
+            block = np.empty(stop - start, dtype=np.float32)
+            first = max(start, 1)  # id 0 (padding) has no codes
+            block[: first - start] = 0.0
+            items = block[first - start:]
+            for g, (lut, combined) in enumerate(zip(tables, self.group_codes, strict=True)):
+                if g == 0:
+                    np.take(lut, combined[first - 1:stop - 1], out=items)
+                else:
+                    items += lut.take(combined[first - 1:stop - 1])
+            yield start, block
 
 
 @register_scorer("quantized")
@@ -278,12 +301,9 @@ class QuantizedScorer(NumpyTable):
         out[ids == 0] = 0.0
         return out
 
-    def score(self, query: np.ndarray) -> np.ndarray:
-        out = np.empty(self.num_rows, dtype=np.float32)
-        for start in range(0, self.num_rows, _CHUNK_ROWS):
-            stop = min(start + _CHUNK_ROWS, self.num_rows)
-            out[start:stop] = (self.values[start:stop].astype(np.float32) @ query) * self.scales[start:stop]
-        return out
+    def score_blocks(self, query: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        for start, stop in self.blocks():
+            yield start, (self.values[start:stop].astype(np.float32) @ query) * self.scales[start:stop]
 
 
 def make_scorer(arrays: dict[str, np.ndarray], description: dict[str, Any]) -> NumpyTable:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ from pocketrec.device.np_encoder import NumpyEncoder
 from pocketrec.device.np_tables import NumpyTable, make_scorer
 
 FORMAT = "pocketrec-device"
+#: Tensor of the item-row norms in artifacts of cosine-scoring models.
+NORMS = "scoring/norms"
 ONNX_FORMAT = "pocketrec-device-onnx"
 VERSION = 1
 _REQUIRED = ("format", "version", "table", "encoder", "num_items", "vocab", "checksum")
@@ -113,7 +115,11 @@ class DeviceModel:
                                 f"fit the manifest ({self.num_items} items, encoder dim {self.encoder.dim})")
         self.max_len = self.encoder.max_len
         self.table_nbytes = int(sum(a.nbytes for a in table_arrays.values()))
-        self.norms = self.table.row_norms() if self.encoder.normalize else None
+        self.norms: np.ndarray | None = None
+        if self.encoder.normalize:  # stored by the exporter; older files without it get them rebuilt
+            self.norms = tensors[NORMS] if NORMS in tensors else self.table.row_norms()  # fp16 stays fp16
+            if self.norms.shape != (self.num_rows,):
+                raise ArtifactError(f"{source}: {NORMS} has shape {self.norms.shape}, expected ({self.num_rows},)")
 
     # ------------------------------------------------------------------------------ internal ids
     def encode(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -123,30 +129,47 @@ class DeviceModel:
             raise ValueError(f"a session needs 1..{self.max_len} internal ids in 1..{self.num_items}")
         return self.encoder.encode(self.table.rows(ids))
 
+    def score_blocks(self, ids: Sequence[int] | np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, scores)`` over consecutive blocks of the catalogue for a session of internal ids.
+
+        Cosine models' scores are divided by the stored norms. Entry 0 of the first block (padding) is
+        meaningless; :meth:`scores` and :meth:`top_k` never rank it.
+        """
+        query = self.encode(ids)
+        for start, block in self.table.score_blocks(query):
+            block = block.astype(np.float32, copy=False)
+            if self.norms is not None:
+                block = block / self.norms[start:start + len(block)]
+            yield start, block
+
     def scores(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Scores ``(num_items + 1,)`` float32 of every item for a session of internal ids; entry 0 is -inf."""
-        out = self.table.score(self.encode(ids)).astype(np.float32, copy=False)
-        if self.norms is not None:
-            out = out / self.norms
+        out = np.concatenate([block for _, block in self.score_blocks(ids)])
         out[0] = -np.inf
         return out
 
     def top_k(self, ids: Sequence[int] | np.ndarray, k: int = 10, exclude: Sequence[int] = ()
               ) -> tuple[np.ndarray, np.ndarray]:
-        """Internal ids and scores of the ``k`` best items (ties: smaller id first); never id 0 nor ``exclude``."""
-        scores = self.scores(ids)
-        if len(exclude):
-            scores[np.asarray(exclude, dtype=np.int64)] = -np.inf
+        """Internal ids and scores of the ``k`` best items (ties: smaller id first); never id 0 nor ``exclude``.
+
+        Streams over the catalogue a block at a time, keeping only the best ``k`` so far: the working
+        memory is one block of scores, not the whole catalogue's.
+        """
         k = max(0, min(int(k), self.num_items))
+        best_ids, best_scores = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         if k == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        kth = -np.partition(-scores[1:], k - 1)[k - 1]  # the k-th best score
-        cand = np.flatnonzero(scores >= kth)  # every item tied with it too, so ties order by id
-        cand = cand[cand != 0]
-        order = np.lexsort((cand, -scores[cand]))[:k]
-        best = cand[order]
-        best = best[np.isfinite(scores[best])]  # excluded items are never returned, even when k is large
-        return best, scores[best]
+            return best_ids, best_scores
+        excluded = np.unique(np.asarray(exclude, dtype=np.int64))
+        for start, block in self.score_blocks(ids):
+            block = block.copy() if start == 0 or len(excluded) else block
+            if start == 0:
+                block[0] = -np.inf
+            hit = excluded[(excluded >= start) & (excluded < start + len(block))]
+            block[hit - start] = -np.inf
+            block_ids, block_scores = _first_k(np.arange(start, start + len(block)), block, k)
+            best_ids, best_scores = _first_k(np.concatenate([best_ids, block_ids]),
+                                             np.concatenate([best_scores, block_scores]), k)
+        return best_ids, best_scores
 
     @property
     def num_rows(self) -> int:
@@ -181,6 +204,18 @@ class DeviceModel:
         ids = ids[-self.max_len:]
         best, scores = self.top_k(ids, k, exclude=ids if exclude_history else ())
         return [self.vocab[i - 1] for i in best], scores
+
+
+def _first_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` of ``(ids, scores)`` in the order (score descending, id ascending), finite only."""
+    if len(scores) > k:
+        kth = -np.partition(-scores, k - 1)[k - 1]  # the k-th best score; keep everything tied with it
+        keep = scores >= kth
+        ids, scores = ids[keep], scores[keep]
+    order = np.lexsort((ids, -scores))[:k]
+    ids, scores = ids[order], scores[order]
+    finite = np.isfinite(scores)
+    return ids[finite], scores[finite]
 
 
 def load(path: str | Path) -> DeviceModel:
