@@ -83,6 +83,7 @@ def test_artifact_bytes(setup, kind):
     expected_encoder = sum(v.numel() * 4 for k, v in model.state_dict().items() if not k.startswith("table."))
     assert encoder_bytes == expected_encoder
     norms_bytes = tensors["scoring/norms"].nbytes if model.config.normalize else 0
+    norms_bytes += tensors["vocab/ids"].nbytes if "vocab/ids" in tensors else 0
     assert norms_bytes == (4 * (model.num_items + 1) if model.config.normalize else 0)
     size = path.stat().st_size
     assert size == header_size(path) + table_bytes + encoder_bytes + norms_bytes  # nothing but header and tensors
@@ -107,7 +108,8 @@ def test_size_on_disk_within_two_percent(tmp_path, kind):
     _, manifest = read_artifact(path)
     encoder_bytes = sum(v.numel() * 4 for k, v in model.state_dict().items() if not k.startswith("table."))
     norms_bytes = 4 * (num_items + 1)  # EncoderConfig scores by cosine by default
-    expected = table.nbytes() + encoder_bytes + norms_bytes + len(json.dumps(manifest))
+    vocab_bytes = 4 * num_items  # the raw ids "1".."n" are integers: one int32 tensor
+    expected = table.nbytes() + encoder_bytes + norms_bytes + vocab_bytes + len(json.dumps(manifest))
     assert abs(path.stat().st_size - expected) <= 0.02 * expected
 
 
@@ -237,3 +239,24 @@ def test_new_table_kind_registers_a_scorer(setup, tmp_path):
         assert model.recommend(["1", "2"], k=3)[0] == load(path).recommend(["1", "2"], k=3)[0]
     finally:
         np_tables.SCORERS.pop("scaled-dense")
+
+
+def test_raw_ids_integer_tensor_or_json_strings(setup, tmp_path):
+    """Integer raw ids ride as one int tensor; other ids as a JSON list; both map back and forth."""
+    data, models, _ = setup
+    model = models["codebook"]
+    n = model.num_items
+    numeric = [str(1000 + 7 * i) for i in range(n)]
+    words = [f"sku-{i}" for i in range(n)]
+    for vocab in (numeric, words):
+        path = export_artifact(model, tmp_path / "ids.safetensors", vocab=vocab)
+        tensors, manifest = read_artifact(path)
+        assert ("vocab/ids" in tensors) == (vocab is numeric)
+        if vocab is numeric:
+            assert tensors["vocab/ids"].dtype == np.int32 and manifest["vocab"] == "vocab/ids"
+        device = load(path)
+        history = [vocab[3], vocab[10], "nope"]
+        with pytest.warns(UserWarning, match="unknown"):
+            assert device.vocab.internal(history) == [4, 11, None]
+            items, _ = device.recommend(history, k=5)
+        assert all(item in vocab for item in items)

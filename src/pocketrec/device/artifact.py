@@ -4,16 +4,18 @@ Layout of the file (read by the numpy-only :mod:`pocketrec.device.runtime`):
 
 * ``encoder/<name>``: every session-encoder weight of :class:`SessionRecommender` (its ``state_dict``
   without the item table), float32, or float16 with ``fp16=True``;
+* ``vocab/ids``: the raw item ids when they are integers (see ``vocab`` below);
 * ``table/<name>``: the item table's :meth:`ItemTable.export` arrays at their stored types (uint8 codes
   stay uint8, bit-packed codes stay packed); with ``fp16=True`` its float32 arrays become float16 and the
   description's ``dtype`` says so;
 * ``scoring/norms``: for cosine-scoring models (``encoder.normalize``), the L2 norm of every item row,
-  float32 ``(num_items + 1,)`` (float16 with ``fp16=True``; entry 0 is 1): the runtime divides scores by it. Stored rather than
-  recomputed at load, so the file holds everything the runtime keeps resident (disk and memory agree)
-  and loading never rebuilds the catalogue;
+  float32 ``(num_items + 1,)`` (float16 with ``fp16=True``; entry 0 is 1): the runtime divides scores by
+  it. Stored rather than recomputed at load, so the file holds everything the runtime keeps resident
+  (disk and memory agree) and loading never rebuilds the catalogue;
 * the safetensors metadata (string -> string) is the manifest: ``format`` (``pocketrec-device``),
-  ``version``, ``table`` (description JSON), ``encoder`` (config JSON), ``num_items``, ``vocab`` (JSON list
-  of raw ids; internal id ``i`` is ``vocab[i-1]``), ``table_nbytes``, ``dataset`` and ``checksum``: the
+  ``version``, ``table`` (description JSON), ``encoder`` (config JSON), ``num_items``, ``vocab`` (the raw
+  ids, internal id ``i`` being ``vocab[i-1]``: ``"vocab/ids"`` when they are integers, stored as the int32/
+  int64 tensor of that name, else a JSON list of strings), ``table_nbytes``, ``dataset`` and ``checksum``: the
   sha256 of :func:`tensor_checksum` over all tensors.
 
 Nothing is pickled; safetensors parsing never executes code. The file is written to a temporary name next
@@ -30,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from pocketrec.device.runtime import FORMAT, NORMS, VERSION, tensor_checksum
+from pocketrec.device.runtime import FORMAT, NORMS, VERSION, RawIds, tensor_checksum
 
 
 def _encoder_arrays(model: Any, fp16: bool) -> dict[str, np.ndarray]:
@@ -67,6 +69,9 @@ def build_artifact(model: Any, vocab: list[str] | None = None, fp16: bool = Fals
     if len(vocab) != table.num_items:
         raise ValueError(f"vocabulary has {len(vocab)} ids but the item table has {table.num_items} items")
     tensors = _encoder_arrays(model, fp16)
+    vocab_value, vocab_ids = RawIds.encode(vocab)
+    if vocab_ids is not None:
+        tensors[RawIds.TENSOR] = vocab_ids
     table_tensors, description = _table_arrays(table, fp16)
     tensors.update(table_tensors)
     if model.config.normalize:
@@ -81,7 +86,7 @@ def build_artifact(model: Any, vocab: list[str] | None = None, fp16: bool = Fals
         "table": json.dumps(description),
         "encoder": json.dumps(model.config.to_dict()),
         "num_items": str(table.num_items),
-        "vocab": json.dumps(vocab),
+        "vocab": vocab_value,
         "table_nbytes": str(sum(a.nbytes for a in table_tensors.values())),
         "dataset": str(dataset),
         "checksum": tensor_checksum(tensors),

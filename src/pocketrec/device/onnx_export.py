@@ -20,6 +20,7 @@ In cosine mode the item norms are a ``(num_items + 1,)`` float32 initializer.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import warnings
@@ -137,6 +138,8 @@ def export_onnx(checkpoint_or_model: Any, path: str | Path, k: int = 100, vocab:
     _, manifest = build_artifact(model, vocab, False, dataset or "")
     manifest = {key: value for key, value in manifest.items() if key != "checksum"}
     manifest["format"] = ONNX_FORMAT
+    manifest["vocab"] = json.dumps([str(v) for v in vocab] if vocab is not None
+                                   else [str(i) for i in range(1, model.num_items + 1)])
     k = max(1, min(int(k), model.num_items))
     manifest["k"] = str(k)
     wrapper = _OnnxRecommender(model, k).eval()

@@ -96,13 +96,12 @@ class DeviceModel:
             self.manifest = manifest
             self.table_description: dict[str, Any] = json.loads(manifest["table"])
             self.encoder_config: dict[str, Any] = json.loads(manifest["encoder"])
-            self.vocab: list[str] = [str(v) for v in json.loads(manifest["vocab"])]
+            self.vocab = RawIds.from_artifact(manifest, tensors)
             self.num_items = int(manifest["num_items"])
         except (ValueError, TypeError, KeyError) as err:
             raise ArtifactError(f"{source}: damaged manifest ({err})") from None
         if len(self.vocab) != self.num_items:
             raise ArtifactError(f"{source}: vocabulary has {len(self.vocab)} ids, expected {self.num_items}")
-        self._index = {raw: i + 1 for i, raw in enumerate(self.vocab)}
         table_arrays = {k[len("table/"):]: v for k, v in tensors.items() if k.startswith("table/")}
         enc_arrays = {k[len("encoder/"):]: v for k, v in tensors.items() if k.startswith("encoder/")}
         try:
@@ -178,13 +177,9 @@ class DeviceModel:
     # ---------------------------------------------------------------------------------- raw ids
     def internal_ids(self, history: Sequence[str | int]) -> list[int]:
         """Internal ids of raw ids; unknown ids are skipped with a warning."""
-        known, unknown = [], []
-        for raw in history:
-            idx = self._index.get(str(raw))
-            if idx is None:
-                unknown.append(str(raw))
-            else:
-                known.append(idx)
+        found = self.vocab.internal(history)
+        known = [i for i in found if i is not None]
+        unknown = [str(raw) for raw, i in zip(history, found, strict=True) if i is None]
         if unknown:
             shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
             warnings.warn(f"skipping {len(unknown)} item id(s) unknown to this model: {shown}", stacklevel=3)
@@ -203,7 +198,68 @@ class DeviceModel:
             raise ValueError("history has no item known to this model; cannot recommend")
         ids = ids[-self.max_len:]
         best, scores = self.top_k(ids, k, exclude=ids if exclude_history else ())
-        return [self.vocab[i - 1] for i in best], scores
+        return [self.vocab.raw(i) for i in best], scores
+
+
+class RawIds:
+    """The user's own item ids of internal ids ``1..n``.
+
+    Integer ids (the usual case) are one int32/int64 tensor ``vocab/ids`` of the artifact, resident as is:
+    ``4 n`` bytes, and a lookup scans it once per history (``O(n)``, cheap next to scoring ``n`` items).
+    Other ids are a JSON list in the manifest, held as Python strings (tens of bytes per item).
+    """
+
+    TENSOR = "vocab/ids"
+
+    def __init__(self, ids: np.ndarray | list[str]) -> None:
+        self.ids = ids
+
+    @classmethod
+    def from_artifact(cls, manifest: dict[str, str], tensors: dict[str, np.ndarray]) -> RawIds:
+        if manifest["vocab"] == cls.TENSOR:
+            if cls.TENSOR not in tensors:
+                raise ValueError(f"the manifest names a {cls.TENSOR} tensor the file does not hold")
+            return cls(tensors[cls.TENSOR])
+        return cls([str(v) for v in json.loads(manifest["vocab"])])
+
+    @staticmethod
+    def encode(vocab: list[str]) -> tuple[str, np.ndarray | None]:
+        """``(manifest value, tensor or None)`` for a vocabulary: a tensor when every id is a plain integer."""
+        try:
+            ints = [int(v) for v in vocab]
+        except ValueError:
+            ints = None
+        if ints is not None and all(str(i) == str(v) for i, v in zip(ints, vocab, strict=True)):
+            wide = bool(ints) and (min(ints) < -2**31 or max(ints) >= 2**31)
+            return RawIds.TENSOR, np.asarray(ints, dtype=np.int64 if wide else np.int32)
+        return json.dumps(vocab), None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def raw(self, internal: int) -> str:
+        return str(self.ids[int(internal) - 1])
+
+    def internal(self, raws: Sequence[str | int]) -> list[int | None]:
+        """Internal id of each raw id, ``None`` where unknown."""
+        if isinstance(self.ids, list):
+            index = {raw: i + 1 for i, raw in enumerate(self.ids)}
+            return [index.get(str(raw)) for raw in raws]
+        wanted: dict[int, None] = {}
+        for raw in raws:
+            try:
+                wanted[int(str(raw))] = None
+            except ValueError:
+                continue
+        hits = np.flatnonzero(np.isin(self.ids, np.asarray(list(wanted), dtype=np.int64)))
+        position = {int(self.ids[i]): int(i) + 1 for i in hits}
+        out: list[int | None] = []
+        for raw in raws:
+            try:
+                out.append(position.get(int(str(raw))) if str(int(str(raw))) == str(raw) else None)
+            except ValueError:
+                out.append(None)
+        return out
 
 
 def _first_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
