@@ -9,11 +9,13 @@ encoder), measures, each runtime in its own fresh subprocess with one thread
   ``dense_table_bytes``: a dense float32 table of the same catalogue and width (the yardstick);
 * ``peak_rss_increase_mib``: peak RSS during load + ranking minus the RSS after the imports (Linux: the
   peak mark is reset with ``/proc/self/clear_refs``; elsewhere ``ru_maxrss`` before and after);
+  ``rss_increase_mib``: the resident increase that stays after loading and ranking (what the model keeps);
 * ``latency_ms_p50`` / ``latency_ms_p95``: one recommendation (top 20 over the whole catalogue) for a
   random history of ``--history-len`` items, over ``--repeats`` runs after a warm-up.
 
     python benchmarks/device.py runs/teacher-tmall/best
     python benchmarks/device.py --synthetic-items 100000 --kind codebook --dim 64
+    python benchmarks/device.py --synthetic-items 1000000 --dim 256 --kind codebook --table-ratio 64 --no-onnx
 
 Prints a Markdown table and writes the rows to ``benchmarks/results/device.json``.
 """
@@ -24,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -104,8 +107,10 @@ def worker(runtime: str, path: str, repeats: int, history_len: int, seed: int) -
         rank(ids)
         times.append(1000 * (time.perf_counter() - t0))
     peak = peak_rss_kib()
+    steady = _status_kib("VmRSS") or peak
     return {"latency_ms_p50": float(np.percentile(times, 50)), "latency_ms_p95": float(np.percentile(times, 95)),
-            "peak_rss_increase_mib": (peak - base) / 1024, "load_seconds": load_s}
+            "peak_rss_increase_mib": (peak - base) / 1024, "rss_increase_mib": (steady - base) / 1024,
+            "load_seconds": load_s}
 
 
 def measure(runtime: str, path: Path, args: argparse.Namespace) -> dict:
@@ -115,7 +120,8 @@ def measure(runtime: str, path: Path, args: argparse.Namespace) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def synthetic_model(num_items: int, kind: str, dim: int, max_len: int, seed: int):
+def synthetic_model(num_items: int, kind: str, dim: int, max_len: int, seed: int, table_ratio: float = 40.0):
+    """An untrained model with a random table; TT and codebook tables get dense bytes / ``table_ratio``."""
     import torch
 
     from pocketrec.models.session_encoder import EncoderConfig, SessionRecommender
@@ -124,12 +130,13 @@ def synthetic_model(num_items: int, kind: str, dim: int, max_len: int, seed: int
     from pocketrec.tables.tt import TTTable
 
     torch.manual_seed(seed)
+    budget = int(DenseTable.bytes_for(num_items, dim) / table_ratio)
     if kind == "dense":
         table = DenseTable(num_items, dim)
     elif kind == "tt":
-        table = TTTable(num_items, dim, rank=32, num_cores=2, t=2)
+        table = TTTable.for_budget(num_items, dim, budget, num_cores=2, t=2)
     elif kind == "codebook":
-        table = CodebookTable(num_items, dim, M=8, K=256, seed=seed)
+        table = CodebookTable.for_budget(num_items, dim, budget, bitpack=True, seed=seed)
     else:
         raise SystemExit(f"--kind must be dense, tt or codebook, got {kind!r}")
     return SessionRecommender(EncoderConfig(dim=dim, max_len=max_len), table).eval()
@@ -141,6 +148,8 @@ def main() -> None:
     parser.add_argument("--synthetic-items", type=int, default=0, help="build a random table of N items")
     parser.add_argument("--kind", default="dense", help="synthetic table kind: dense, tt or codebook")
     parser.add_argument("--dim", type=int, default=64, help="synthetic model width")
+    parser.add_argument("--table-ratio", type=float, default=40.0,
+                        help="synthetic tt/codebook tables: dense table bytes / RATIO")
     parser.add_argument("--max-len", type=int, default=50, help="synthetic model max_len")
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--history-len", type=int, default=10)
@@ -159,11 +168,12 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="pocketrec-device-bench-"))
     onnx_path = None
     if args.synthetic_items:
-        model = synthetic_model(args.synthetic_items, args.kind, args.dim, args.max_len, args.seed)
+        model = synthetic_model(args.synthetic_items, args.kind, args.dim, args.max_len, args.seed, args.table_ratio)
         artifact = export_artifact(model, tmp / "model.safetensors")
         if not args.no_onnx:
             onnx_path = export_onnx(model, tmp / "model.onnx", k=20)
-        dataset, method = f"synthetic-{args.synthetic_items}", f"{args.kind}-untrained"
+        dataset = f"synthetic-{args.synthetic_items}-d{args.dim}"
+        method = f"{args.kind}-untrained" + ("" if args.kind == "dense" else f"-{args.table_ratio:g}x")
     elif args.source and Path(args.source).is_dir():
         from pocketrec.train.checkpoint import read_meta
 
@@ -194,15 +204,16 @@ def main() -> None:
         rows.append({**common, "runtime": "onnxruntime", "onnx_bytes": onnx_path.stat().st_size,
                      **measure("onnx", onnx_path, args)})
     for row in rows:
-        for key in ("latency_ms_p50", "latency_ms_p95", "peak_rss_increase_mib", "load_seconds"):
+        for key in ("latency_ms_p50", "latency_ms_p95", "peak_rss_increase_mib", "rss_increase_mib", "load_seconds"):
             row[key] = round(row[key], 4)
     print_table(rows, ["dataset", "method", "runtime", "table_bytes", "dense_table_bytes", "artifact_bytes",
-                       "latency_ms_p50", "latency_ms_p95", "peak_rss_increase_mib"])
+                       "latency_ms_p50", "latency_ms_p95", "peak_rss_increase_mib", "rss_increase_mib"])
     if len(rows) == 2:
         print(f"\nnumpy / onnxruntime p50 latency: {rows[0]['latency_ms_p50'] / rows[1]['latency_ms_p50']:.2f}x")
     path = write_rows("device", rows, merge_key=("dataset", "method", "runtime"))
     print(f"wrote {path}")
     del tensors
+    shutil.rmtree(tmp, ignore_errors=True)  # the exported files can be GBs at scale
 
 
 if __name__ == "__main__":
