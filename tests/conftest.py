@@ -35,3 +35,22 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data folder not found at {path} (set POCKETREC_SHARED_DATA)")
     return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_data():
+    """The synthetic 60-item session dataset of ``helpers.synthetic_dataset``."""
+    from helpers import synthetic_dataset
+
+    return synthetic_dataset()
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(synthetic_data, tmp_path_factory) -> Path:
+    """A tiny teacher trained 3 epochs on ``synthetic_data``: its ``best`` checkpoint folder."""
+    from helpers import tiny_teacher_config
+    from pocketrec.train.teacher import train_teacher
+
+    out = tmp_path_factory.mktemp("teacher")
+    train_teacher(synthetic_data, tiny_teacher_config(out, epochs=3))
+    return out / "best"

@@ -49,3 +49,8 @@ def tiny_teacher_config(out: object = "", epochs: int = 4, seed: int = 7) -> Tea
                          encoder=EncoderConfig(dim=16, max_len=10, dropout=0.1, attn_dropout=0.1),
                          train=TrainConfig(epochs=epochs, batch_size=32, lr=5e-3, seed=seed, progress=False,
                                            patience=10))
+
+
+def student_train_config(epochs: int = 2) -> TrainConfig:
+    """The schedule of the tiny students distilled from ``tiny_teacher_config`` teachers."""
+    return TrainConfig(epochs=epochs, batch_size=32, lr=5e-3, seed=7, progress=False, patience=10)

@@ -4,36 +4,25 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import synthetic_dataset, tiny_teacher_config
+from helpers import student_train_config, synthetic_dataset
 from pocketrec.cli import app
 from pocketrec.eval.evaluate import evaluate
 from pocketrec.methods.eodrec import EODRecConfig, compress_eodrec
 from pocketrec.tables.codebook import CodebookTable
 from pocketrec.train.checkpoint import CheckpointError, load_checkpoint
 from pocketrec.train.distill import DistillConfig
-from pocketrec.train.teacher import train_teacher
-from pocketrec.train.trainer import TrainConfig
 
 
 def train_cfg(epochs=2):
-    return TrainConfig(epochs=epochs, batch_size=32, lr=5e-3, seed=7, progress=False, patience=10)
+    return student_train_config(epochs)
 
 
-@pytest.fixture(scope="module")
-def data():
-    return synthetic_dataset()
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    train_teacher(data, tiny_teacher_config(out, epochs=3))
-    return out / "best"
-
-
-def test_student_is_compressed_and_learns(data, teacher_dir, tmp_path):
-    teacher, _ = load_checkpoint(teacher_dir)
-    student, result = compress_eodrec(teacher_dir, data, "4x", code_epochs=2, out_dir=tmp_path / "eodrec",
+def test_student_is_compressed_and_learns(synthetic_data, tiny_teacher_dir, tmp_path):
+    teacher, _ = load_checkpoint(tiny_teacher_dir)
+    student, result = compress_eodrec(tiny_teacher_dir, synthetic_data, "4x", code_epochs=2,
+                                      out_dir=tmp_path / "eodrec",
                                       train=train_cfg())
     table = student.table
     assert isinstance(table, CodebookTable)
@@ -45,41 +34,41 @@ def test_student_is_compressed_and_learns(data, teacher_dir, tmp_path):
     assert meta["method"] == "eodrec" and meta["table"]["kind"] == "codebook"
     assert meta["M"] == table.M and meta["K"] == table.K and meta["code_learning"] is not None
     assert meta["distill"]["bidirectional"] is True and meta["distill"]["use_pred"] is False
-    assert evaluate(model, data.test) == result.test
+    assert evaluate(model, synthetic_data.test) == result.test
     assert torch.equal(model.table.codes, table.codes)
 
 
-def test_codes_are_frozen_and_codebooks_train(data, teacher_dir, tmp_path):
-    start, _ = compress_eodrec(teacher_dir, data, "4x", codes="rq", train=train_cfg(1))
-    rq = CodebookTable.from_vectors(load_checkpoint(teacher_dir)[0].table.all_rows().detach(), start.table.M,
+def test_codes_are_frozen_and_codebooks_train(synthetic_data, tiny_teacher_dir, tmp_path):
+    start, _ = compress_eodrec(tiny_teacher_dir, synthetic_data, "4x", codes="rq", train=train_cfg(1))
+    rq = CodebookTable.from_vectors(load_checkpoint(tiny_teacher_dir)[0].table.all_rows().detach(), start.table.M,
                                     start.table.K, method="rq", seed=7, bitpack=True)
     assert torch.equal(start.table.codes[1:], rq.codes[1:])  # the codes were not touched by training
     assert not torch.allclose(start.table.codebooks, rq.codebooks)  # the codebooks were
 
 
-def test_teacher_learning_from_the_student_changes_only_the_teacher_side(data, teacher_dir, tmp_path):
-    frozen = load_checkpoint(teacher_dir)[0].state_dict()
-    student, result = compress_eodrec(teacher_dir, data, "4x", codes="rq", train=train_cfg(1),
+def test_teacher_learning_from_the_student_changes_only_the_teacher_side(synthetic_data, tiny_teacher_dir, tmp_path):
+    frozen = load_checkpoint(tiny_teacher_dir)[0].state_dict()
+    student, result = compress_eodrec(tiny_teacher_dir, synthetic_data, "4x", codes="rq", train=train_cfg(1),
                                       distill=DistillConfig(cl_weight=0.1, use_pred=False, teacher_lr=1e-3))
     assert result.fit.history[0]["train"].get("s2t", 0) > 0
     # The checkpointed teacher itself is untouched on disk.
-    assert all(torch.equal(v, load_checkpoint(teacher_dir)[0].state_dict()[k]) for k, v in frozen.items())
+    assert all(torch.equal(v, load_checkpoint(tiny_teacher_dir)[0].state_dict()[k]) for k, v in frozen.items())
 
 
-def test_bad_input(data, teacher_dir, tmp_path):
+def test_bad_input(synthetic_data, tiny_teacher_dir, tmp_path):
     with pytest.raises(ValueError, match="below the smallest codebook table"):
-        compress_eodrec(teacher_dir, data, 64, out_dir=tmp_path / "run", train=train_cfg(1))
+        compress_eodrec(tiny_teacher_dir, synthetic_data, 64, out_dir=tmp_path / "run", train=train_cfg(1))
     with pytest.raises(CheckpointError, match="does not fit dataset"):
-        compress_eodrec(teacher_dir, synthetic_dataset(num_items=50), "4x", out_dir=tmp_path / "run")
+        compress_eodrec(tiny_teacher_dir, synthetic_dataset(num_items=50), "4x", out_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="codes must be one of"):
         EODRecConfig(codes="magic")
 
 
-def test_cli_compresses_with_eodrec(data, teacher_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr("pocketrec.data.registry.load_dataset", lambda name: data)
+def test_cli_compresses_with_eodrec(synthetic_data, tiny_teacher_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("pocketrec.data.registry.load_dataset", lambda name: synthetic_data)
     out = tmp_path / "cli"
-    result = CliRunner().invoke(app, ["compress", "--method", "eodrec", "--teacher", str(teacher_dir), "--budget",
+    result = CliRunner().invoke(app, ["compress", "--method", "eodrec", "--teacher", str(tiny_teacher_dir), "--budget",
                                       "4x", "--out", str(out), "--quiet", "--codes=rq", "--train.epochs=1"])
     assert result.exit_code == 0, result.output
     _, meta = load_checkpoint(out / "best")

@@ -3,66 +3,54 @@
 import pytest
 from typer.testing import CliRunner
 
-from helpers import synthetic_dataset, tiny_teacher_config
+from helpers import student_train_config, synthetic_dataset
 from pocketrec.cli import app
 from pocketrec.eval.evaluate import evaluate
 from pocketrec.methods.odrec import compress_odrec
 from pocketrec.train.checkpoint import CheckpointError, load_checkpoint
 from pocketrec.train.distill import DistillConfig
-from pocketrec.train.teacher import train_teacher
-from pocketrec.train.trainer import TrainConfig
 
 
 def train_cfg(epochs=3):
-    return TrainConfig(epochs=epochs, batch_size=32, lr=5e-3, seed=7, progress=False, patience=10)
+    return student_train_config(epochs)
 
 
-@pytest.fixture(scope="module")
-def data():
-    return synthetic_dataset()
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    cfg = tiny_teacher_config(out, epochs=3)
-    train_teacher(data, cfg)
-    return out / "best"
-
-
-def test_student_is_small_and_learns(data, teacher_dir, tmp_path):
-    teacher, _ = load_checkpoint(teacher_dir)
-    student, result = compress_odrec(teacher_dir, data, "9x", num_cores=3, t=2, out_dir=tmp_path / "odrec",
+def test_student_is_small_and_learns(synthetic_data, tiny_teacher_dir, tmp_path):
+    teacher, _ = load_checkpoint(tiny_teacher_dir)
+    student, result = compress_odrec(tiny_teacher_dir, synthetic_data, "9x", num_cores=3, t=2,
+                                     out_dir=tmp_path / "odrec",
                                      distill=DistillConfig(), train=train_cfg(2))
     assert teacher.table.nbytes() >= 8 * student.table.nbytes()
     assert result.table_bytes == student.table.nbytes() and result.ratio >= 8
     # 60 items: chance Recall@5 is ~8%.
     assert result.test["recall@5"] > 0.4
     model, meta = load_checkpoint(tmp_path / "odrec" / "best")
-    assert meta["method"] == "odrec" and meta["teacher"] == str(teacher_dir)
+    assert meta["method"] == "odrec" and meta["teacher"] == str(tiny_teacher_dir)
     assert meta["table"]["kind"] == "tt" and meta["table_bytes"] == result.table_bytes
     assert meta["dense_table_bytes"] == teacher.table.nbytes() and meta["ratio"] == pytest.approx(result.ratio)
     assert meta["test"] == result.test
-    assert evaluate(model, data.test) == result.test
+    assert evaluate(model, synthetic_data.test) == result.test
     assert not any(k.startswith("heads") for k in model.state_dict())
 
 
-def test_too_small_budget_writes_nothing(data, teacher_dir, tmp_path):
+def test_too_small_budget_writes_nothing(synthetic_data, tiny_teacher_dir, tmp_path):
     with pytest.raises(ValueError, match="below the smallest tt table"):
-        compress_odrec(teacher_dir, data, 100, out_dir=tmp_path / "run", train=train_cfg(1))
+        compress_odrec(tiny_teacher_dir, synthetic_data, 100, out_dir=tmp_path / "run", train=train_cfg(1))
     with pytest.raises(ValueError, match="cannot read budget"):
-        compress_odrec(teacher_dir, data, "lots", out_dir=tmp_path / "run", train=train_cfg(1))
+        compress_odrec(tiny_teacher_dir, synthetic_data, "lots", out_dir=tmp_path / "run", train=train_cfg(1))
     assert not (tmp_path / "run").exists()
 
 
-def test_teacher_of_another_dataset_is_refused(teacher_dir, tmp_path):
+def test_teacher_of_another_dataset_is_refused(tiny_teacher_dir, tmp_path):
     other = synthetic_dataset(num_items=50)
     with pytest.raises(CheckpointError, match="does not fit dataset"):
-        compress_odrec(teacher_dir, other, "9x", out_dir=tmp_path / "run", train=train_cfg(1))
+        compress_odrec(tiny_teacher_dir, other, "9x", out_dir=tmp_path / "run", train=train_cfg(1))
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_reports_user_errors(teacher_dir, tmp_path):
+def test_cli_reports_user_errors(tiny_teacher_dir, tmp_path):
     runner = CliRunner()
 
     def error_of(*args):
@@ -70,15 +58,16 @@ def test_cli_reports_user_errors(teacher_dir, tmp_path):
         assert result.exit_code == 2
         return " ".join(result.output.split())  # rich wraps long lines
 
-    assert "--method must be one of" in error_of("--method", "nope", "--teacher", str(teacher_dir))
+    assert "--method must be one of" in error_of("--method", "nope", "--teacher", str(tiny_teacher_dir))
     assert "not a pocketrec checkpoint" in error_of("--teacher", str(tmp_path / "missing"))
-    assert "unknown config key" in error_of("--teacher", str(teacher_dir), "--distill.bogus=1")
+    assert "unknown config key" in error_of("--teacher", str(tiny_teacher_dir), "--distill.bogus=1")
 
 
-def test_cli_compresses(data, teacher_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr("pocketrec.data.registry.load_dataset", lambda name: data)
+def test_cli_compresses(synthetic_data, tiny_teacher_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("pocketrec.data.registry.load_dataset", lambda name: synthetic_data)
     out = tmp_path / "cli"
-    result = CliRunner().invoke(app, ["compress", "--method", "odrec", "--teacher", str(teacher_dir), "--budget", "9x",
+    result = CliRunner().invoke(app, ["compress", "--method", "odrec", "--teacher", str(tiny_teacher_dir),
+                                      "--budget", "9x",
                                       "--out", str(out), "--quiet", "--num_cores=3", "--train.epochs=1",
                                       "--train.batch_size=64", "--distill.bidirectional=true"])
     assert result.exit_code == 0, result.output

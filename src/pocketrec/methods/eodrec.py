@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pocketrec.data.dataset import Dataset
-from pocketrec.methods.recipe import CompressResult, distill_to_budget, teacher_rows
+from pocketrec.methods.recipe import CompressResult, RecipeConfig, distill_to_budget, teacher_rows
 from pocketrec.models.session_encoder import SessionRecommender
 from pocketrec.tables.codebook import CodebookTable
 from pocketrec.train.codes import learn_codes_with_report
@@ -51,7 +51,7 @@ def eodrec_distill_defaults() -> DistillConfig:
 
 
 @dataclass
-class EODRecConfig:
+class EODRecConfig(RecipeConfig):
     """Everything ``pocketrec compress --method eodrec`` reads (overridable as ``--key=value``).
 
     ``M``/``K`` (0: chosen by the budget solver), ``bitpack`` (codes at ``ceil(log2 K)`` bits),
@@ -59,10 +59,7 @@ class EODRecConfig:
     ``code_epochs`` (autoencoder epochs).
     """
 
-    teacher: str = ""
-    dataset: str = ""
     budget: str = "2.5%"
-    out: str = ""
     M: int = 0
     K: int = 0
     bitpack: bool = True

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pocketrec.data.dataset import Dataset
-from pocketrec.methods.recipe import CompressResult, distill_to_budget, teacher_rows
+from pocketrec.methods.recipe import CompressResult, RecipeConfig, distill_to_budget, teacher_rows
 from pocketrec.models.session_encoder import SessionRecommender
 from pocketrec.tables.tt import TTTable
 from pocketrec.train.distill import DistillConfig
@@ -48,13 +48,9 @@ METHOD = "odrec"
 
 
 @dataclass
-class ODRecConfig:
+class ODRecConfig(RecipeConfig):
     """Everything ``pocketrec compress --method odrec`` reads (overridable as ``--key=value``)."""
 
-    teacher: str = ""
-    dataset: str = ""
-    budget: str = "3%"
-    out: str = ""
     num_cores: int = 2
     t: int = 2
     warm_start: bool = True

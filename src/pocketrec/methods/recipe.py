@@ -38,6 +38,16 @@ TableBuilder = Callable[[SessionRecommender, int], tuple[ItemTable, dict[str, An
 
 
 @dataclass
+class RecipeConfig:
+    """The keys every ``pocketrec compress --method M`` config starts with; methods add their own."""
+
+    teacher: str = ""
+    dataset: str = ""
+    budget: str = "3%"
+    out: str = ""
+
+
+@dataclass
 class CompressResult:
     """What a compression run reached: bytes, ratio, metrics, and the fit record."""
 
