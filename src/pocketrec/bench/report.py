@@ -91,7 +91,8 @@ def write_report(rows: list[dict[str, Any]], out: Path, title: str, command: str
         md += [f"Made with `{command}`.", ""]
     md += ["Test metrics at the best-validation epoch; bytes are the item table as a device stores it "
            "(`nbytes()`), the artifact is the whole device file (encoder, table, item norms, item ids, "
-           "manifest); latency is one whole-catalogue top-20 in the numpy runtime on one thread.", "", markdown_table(rows)]
+           "manifest); latency is one whole-catalogue top-20 in the numpy runtime on one thread.", "",
+           markdown_table(rows)]
     if notes:
         md += ["", "Not built:", *notes]
     md += ["", *[f"![{p.stem}]({p.name})" for p in images], ""]
