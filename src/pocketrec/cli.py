@@ -115,8 +115,8 @@ def main() -> None:  # pragma: no cover - console entry point
     app(sys.argv[1:])
 
 
-DEMO_TEACHER = ["teacher.train.epochs=30", "teacher.train.patience=8", "teacher.train.lr=0.002"]
-DEMO_STUDENT = ["student.epochs=5", "student.patience=2", "student.lr=0.002", "eodrec_code_epochs=5"]
+DEMO_TEACHER = ["teacher.train.epochs=25", "teacher.train.patience=8", "teacher.train.lr=0.002"]
+DEMO_STUDENT = ["student.epochs=4", "student.patience=2", "student.lr=0.002", "eodrec_code_epochs=5"]
 
 
 def _run_bench(cfg, title: str, command: str, quiet: bool):
