@@ -93,7 +93,7 @@ def variant_config(method: str, name: str, cfg):
     return cfg
 
 
-def run_variant(method: str, name: str, teacher_dir: Path, data, cfg, out: Path) -> dict:
+def run_variant(method: str, name: str, teacher_dir: Path, data, cfg, out: Path, tag: str = "") -> dict:
     import importlib
 
     from pocketrec.search.budget import parse_budget
@@ -103,7 +103,7 @@ def run_variant(method: str, name: str, teacher_dir: Path, data, cfg, out: Path)
     meta = read_meta(teacher_dir)
     dense_bytes = DenseTable.bytes_for(meta["num_items"], meta["encoder"]["dim"])
     started = time.perf_counter()
-    run_dir = out / f"{name}-{data.name}"
+    run_dir = out / f"{name}{tag}-{data.name}"
     if name == "dense-small":
         model, fit = dense_small(teacher_dir, data, parse_budget(cfg.budget, dense_bytes), cfg.train, run_dir)
         test, table_bytes, extra = fit.history[-1]["test"], model.table.nbytes(), {"dim": model.table.dim}
@@ -114,7 +114,7 @@ def run_variant(method: str, name: str, teacher_dir: Path, data, cfg, out: Path)
         fit, test, table_bytes = result.fit, result.test, result.table_bytes
         keys = ("tt_rank", "t", "num_cores", "warm_start_error", "M", "K", "codes", "code_mse", "code_learning")
         extra = {k: result.meta[k] for k in keys if k in result.meta}
-    return {"dataset": data.name, "method": name, "table_bytes": table_bytes, "dense_table_bytes": dense_bytes,
+    return {"dataset": data.name, "method": name + tag, "table_bytes": table_bytes, "dense_table_bytes": dense_bytes,
             "ratio": dense_bytes / table_bytes, "recall@20": test["recall@20"], "mrr@20": test["mrr@20"],
             "ndcg@20": test["ndcg@20"], "best_epoch": fit.best_epoch + 1, "epoch_seconds": fit.epoch_seconds,
             "total_seconds": time.perf_counter() - started, "peak_rss_mib": peak_rss_mib(),
@@ -139,6 +139,8 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.0, help="budget = dense fp32 item table / RATIO")
     parser.add_argument("--variants", default="", help="comma-separated subset (default: all of the method's)")
     parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--tag", default="", help="suffix for row names and run folders, e.g. -T3 for a run "
+                        "with --distill.kd_temperature=3 (its overrides are stored in the row)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="tiny synthetic smoke run; writes no results")
     args, overrides = parser.parse_known_args()
@@ -177,7 +179,8 @@ def main() -> None:
         done = [teacher_row(teacher_dir, data.name)]
         for name in variants:
             print(f"== {data.name}: {name}", file=sys.stderr, flush=True)
-            done.append(run_variant(method, name, teacher_dir, data, cfg, out))
+            row = run_variant(method, name, teacher_dir, data, cfg, out, args.tag)
+            done.append(row | ({"overrides": overrides} if args.tag else {}))
             if not args.quick:
                 write_rows(method, done)
         rows += done

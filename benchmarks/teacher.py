@@ -25,7 +25,7 @@ REFERENCE = {"tmall": {"SR-GNN": (27.57, 13.72), "GCE-GNN": (33.42, 15.42), "Rec
 DEFAULTS = ["encoder.dim=64", "train.epochs=12", "train.patience=2"]
 
 
-def run_one(dataset: str, overrides: list[str], out: str) -> dict:
+def run_one(dataset: str, overrides: list[str], out: str, label: str) -> dict:
     import torch
 
     from pocketrec.config import load_config, to_dict
@@ -34,13 +34,13 @@ def run_one(dataset: str, overrides: list[str], out: str) -> dict:
 
     torch.set_num_threads(int(torch.get_num_threads()))
     cfg = load_config(TeacherConfig, None,
-                      [*DEFAULTS, *overrides, f"dataset={dataset}", f"out={out}/teacher-{dataset}"])
+                      [*DEFAULTS, *overrides, f"dataset={dataset}", f"out={out}/{label}-{dataset}"])
     data = load_dataset(dataset)
     started = time.perf_counter()
     model, result = train_teacher(data, cfg)
     test = final_test_metrics(result)
     return {
-        "dataset": dataset, "method": "teacher", "table_bytes": model.table.nbytes(),
+        "dataset": dataset, "method": label, "table_bytes": model.table.nbytes(),
         "dense_table_bytes": model.table.nbytes(),
         "recall@20": test["recall@20"], "mrr@20": test["mrr@20"], "ndcg@20": test["ndcg@20"],
         "valid_" + cfg.train.metric: result.best_valid[cfg.train.metric],
@@ -54,21 +54,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="tmall,diginetica")
     parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--label", default="teacher",
+                        help="row name in results/teacher.json and checkpoint folder prefix (e.g. teacher-d128)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one dataset and print JSON
     args, overrides = parser.parse_known_args()
     if args.one:
-        print("ROW " + json.dumps(run_one(args.one, overrides, args.out)), flush=True)
+        print("ROW " + json.dumps(run_one(args.one, overrides, args.out, args.label)), flush=True)
         return
     rows = []
     for dataset in args.datasets.split(","):
-        proc = subprocess.run([sys.executable, __file__, "--one", dataset, "--out", args.out, *overrides],
+        proc = subprocess.run([sys.executable, __file__, "--one", dataset, "--out", args.out,
+                               "--label", args.label, *overrides],
                               stdout=subprocess.PIPE, text=True)
         row = last_json(proc.stdout, "ROW")
         if proc.returncode or row is None:
             sys.exit(f"teacher benchmark failed on {dataset} (exit {proc.returncode})")
         rows.append(row)
     write_rows("teacher", rows)
-    table = [{"dataset": r["dataset"], "Recall@20 %": 100 * r["recall@20"], "MRR@20 %": 100 * r["mrr@20"],
+    table = [{"dataset": r["dataset"], "run": r["method"], "Recall@20 %": 100 * r["recall@20"],
+              "MRR@20 %": 100 * r["mrr@20"],
               "NDCG@20 %": 100 * r["ndcg@20"], "best epoch": r["best_epoch"], "epoch s": r["epoch_seconds"],
               "peak RSS MiB": r["peak_rss_mib"]} for r in rows]
     print_table(table, list(table[0]))
