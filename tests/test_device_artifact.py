@@ -38,9 +38,11 @@ def with_table(teacher: SessionRecommender, table) -> SessionRecommender:
     return model.eval()
 
 
-def trained_models(out: str = "") -> tuple[object, dict[str, SessionRecommender]]:
-    """A small trained teacher (1 epoch) and the same encoder on dense, tt, codebook and bit-packed tables."""
-    data = synthetic_dataset()
+def trained_models(out: str = "", data=None) -> tuple[object, dict[str, SessionRecommender]]:
+    """A small trained teacher (1 epoch) and the same encoder on dense, tt, codebook and bit-packed tables.
+
+    ``data`` defaults to the synthetic walk; the parity tests also pass real ml-100k."""
+    data = synthetic_dataset() if data is None else data
     teacher, _ = train_teacher(data, tiny_config(out))
     teacher.eval()
     weight = teacher.table.weight.detach()
