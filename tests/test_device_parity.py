@@ -57,13 +57,13 @@ def sessions(data, count: int = 8) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def ml100k_setup(tmp_path_factory):
     """The same models trained on real data: ml-100k from the recbole wheel (installed by the Makefile)."""
-    from pocketrec.data import registry
+    from pocketrec.data.registry import available_datasets, load_dataset
 
-    if registry._recbole_ml100k_dir() is None and not any(
-            (root / "ml-100k").is_dir() for root in registry.data_roots()):
-        pytest.skip("ml-100k not available (pip install --no-deps recbole==1.2.1)")
+    info = next(i for i in available_datasets() if i.name == "ml-100k")
+    if not info.available:
+        pytest.skip(f"ml-100k not available: {info.reason}")
     root = tmp_path_factory.mktemp("parity-ml100k")
-    data, models = trained_models(str(root / "run"), data=registry.load_dataset("ml-100k"))
+    data, models = trained_models(str(root / "run"), data=load_dataset("ml-100k"))
     return data, models, root
 
 

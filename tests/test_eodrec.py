@@ -13,17 +13,11 @@ from pocketrec.train.checkpoint import CheckpointError, load_checkpoint
 from pocketrec.train.distill import DistillConfig
 
 
-def train_cfg(epochs=2):
-    return student_train_config(epochs)
-
-
-
-
 def test_student_is_compressed_and_learns(synthetic_data, tiny_teacher_dir, tmp_path):
     teacher, _ = load_checkpoint(tiny_teacher_dir)
     student, result = compress_eodrec(tiny_teacher_dir, synthetic_data, "4x", code_epochs=2,
                                       out_dir=tmp_path / "eodrec",
-                                      train=train_cfg())
+                                      train=student_train_config(2))
     table = student.table
     assert isinstance(table, CodebookTable)
     assert result.ratio >= 4 and result.table_bytes == table.nbytes() <= teacher.table.nbytes() / 4
@@ -39,7 +33,7 @@ def test_student_is_compressed_and_learns(synthetic_data, tiny_teacher_dir, tmp_
 
 
 def test_codes_are_frozen_and_codebooks_train(synthetic_data, tiny_teacher_dir, tmp_path):
-    start, _ = compress_eodrec(tiny_teacher_dir, synthetic_data, "4x", codes="rq", train=train_cfg(1))
+    start, _ = compress_eodrec(tiny_teacher_dir, synthetic_data, "4x", codes="rq", train=student_train_config(1))
     rq = CodebookTable.from_vectors(load_checkpoint(tiny_teacher_dir)[0].table.all_rows().detach(), start.table.M,
                                     start.table.K, method="rq", seed=7, bitpack=True)
     assert torch.equal(start.table.codes[1:], rq.codes[1:])  # the codes were not touched by training
@@ -48,7 +42,7 @@ def test_codes_are_frozen_and_codebooks_train(synthetic_data, tiny_teacher_dir, 
 
 def test_teacher_learning_from_the_student_changes_only_the_teacher_side(synthetic_data, tiny_teacher_dir, tmp_path):
     frozen = load_checkpoint(tiny_teacher_dir)[0].state_dict()
-    student, result = compress_eodrec(tiny_teacher_dir, synthetic_data, "4x", codes="rq", train=train_cfg(1),
+    student, result = compress_eodrec(tiny_teacher_dir, synthetic_data, "4x", codes="rq", train=student_train_config(1),
                                       distill=DistillConfig(cl_weight=0.1, use_pred=False, teacher_lr=1e-3))
     assert result.fit.history[0]["train"].get("s2t", 0) > 0
     # The checkpointed teacher itself is untouched on disk.
@@ -57,7 +51,7 @@ def test_teacher_learning_from_the_student_changes_only_the_teacher_side(synthet
 
 def test_bad_input(synthetic_data, tiny_teacher_dir, tmp_path):
     with pytest.raises(ValueError, match="below the smallest codebook table"):
-        compress_eodrec(tiny_teacher_dir, synthetic_data, 64, out_dir=tmp_path / "run", train=train_cfg(1))
+        compress_eodrec(tiny_teacher_dir, synthetic_data, 64, out_dir=tmp_path / "run", train=student_train_config(1))
     with pytest.raises(CheckpointError, match="does not fit dataset"):
         compress_eodrec(tiny_teacher_dir, synthetic_dataset(num_items=50), "4x", out_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()

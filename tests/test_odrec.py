@@ -11,17 +11,11 @@ from pocketrec.train.checkpoint import CheckpointError, load_checkpoint
 from pocketrec.train.distill import DistillConfig
 
 
-def train_cfg(epochs=3):
-    return student_train_config(epochs)
-
-
-
-
 def test_student_is_small_and_learns(synthetic_data, tiny_teacher_dir, tmp_path):
     teacher, _ = load_checkpoint(tiny_teacher_dir)
     student, result = compress_odrec(tiny_teacher_dir, synthetic_data, "9x", num_cores=3, t=2,
                                      out_dir=tmp_path / "odrec",
-                                     distill=DistillConfig(), train=train_cfg(2))
+                                     distill=DistillConfig(), train=student_train_config(2))
     assert teacher.table.nbytes() >= 8 * student.table.nbytes()
     assert result.table_bytes == student.table.nbytes() and result.ratio >= 8
     # 60 items: chance Recall@5 is ~8%.
@@ -37,16 +31,17 @@ def test_student_is_small_and_learns(synthetic_data, tiny_teacher_dir, tmp_path)
 
 def test_too_small_budget_writes_nothing(synthetic_data, tiny_teacher_dir, tmp_path):
     with pytest.raises(ValueError, match="below the smallest tt table"):
-        compress_odrec(tiny_teacher_dir, synthetic_data, 100, out_dir=tmp_path / "run", train=train_cfg(1))
+        compress_odrec(tiny_teacher_dir, synthetic_data, 100, out_dir=tmp_path / "run", train=student_train_config(1))
     with pytest.raises(ValueError, match="cannot read budget"):
-        compress_odrec(tiny_teacher_dir, synthetic_data, "lots", out_dir=tmp_path / "run", train=train_cfg(1))
+        compress_odrec(tiny_teacher_dir, synthetic_data, "lots", out_dir=tmp_path / "run",
+                       train=student_train_config(1))
     assert not (tmp_path / "run").exists()
 
 
 def test_teacher_of_another_dataset_is_refused(tiny_teacher_dir, tmp_path):
     other = synthetic_dataset(num_items=50)
     with pytest.raises(CheckpointError, match="does not fit dataset"):
-        compress_odrec(tiny_teacher_dir, other, "9x", out_dir=tmp_path / "run", train=train_cfg(1))
+        compress_odrec(tiny_teacher_dir, other, "9x", out_dir=tmp_path / "run", train=student_train_config(1))
     assert not (tmp_path / "run").exists()
 
 
