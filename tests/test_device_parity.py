@@ -104,9 +104,10 @@ def check_parity(setup, kind: str) -> None:
         assert_same_ranking(o_ids, o_scores, p_ids, p_scores)
 
 
-@pytest.mark.parametrize("readout,normalize", [("last", False), ("attention", False)])
+@pytest.mark.parametrize("readout,normalize", [("last", False), ("attention", False), ("hybrid", True)])
 def test_encoder_variants(setup, readout, normalize):
-    """Last-position readout and plain dot-product scores, two layers and two heads (untrained)."""
+    """Last-position, mean- and last-queried (hybrid) readouts, dot-product and cosine scores, two layers and
+    two heads (untrained)."""
     data, _, root = setup
     torch.manual_seed(1)
     cfg = EncoderConfig(dim=16, layers=2, heads=2, max_len=10, readout=readout, normalize=normalize)

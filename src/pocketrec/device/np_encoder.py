@@ -3,7 +3,8 @@
 Input: the item rows ``(L, d)`` of one session (no padding). Steps, as in
 :mod:`pocketrec.models.session_encoder`: add learned positions, LayerNorm (eps 1e-12), post-LN Transformer
 layers (fused qkv, causal softmax attention, exact-erf GELU feed-forward), then the SR-GNN attention
-readout over all positions (or the last position), then optional L2 normalisation times ``scale``.
+readout over all positions (queried by their mean, or by the last position and followed by ``W3 [z; h_last]``
+for ``hybrid``; or just the last position), then optional L2 normalisation times ``scale``.
 """
 
 from __future__ import annotations
@@ -74,8 +75,10 @@ class NumpyEncoder:
             needed += [f"layers.{i}.{n}" for n in ("qkv.weight", "qkv.bias", "out.weight", "out.bias",
                                                     "norm1.weight", "norm1.bias", "ff1.weight", "ff1.bias",
                                                     "ff2.weight", "ff2.bias", "norm2.weight", "norm2.bias")]
-        if self.readout == "attention":
+        if self.readout in ("attention", "hybrid"):
             needed += ["readout.w1.weight", "readout.w1.bias", "readout.w2.weight", "readout.v.weight"]
+        if self.readout == "hybrid":
+            needed.append("readout.w3.weight")
         missing = [n for n in needed if n not in self.w]
         if missing:
             raise ValueError(f"encoder weights are missing {missing[:3]}")
@@ -111,11 +114,13 @@ class NumpyEncoder:
     def encode(self, item_rows: np.ndarray) -> np.ndarray:
         """The query vector ``(d,)`` of one session given its item rows ``(L, d)``."""
         h = self.hidden(np.asarray(item_rows, dtype=np.float32))
-        if self.readout == "attention":
-            mean = h.mean(0)
-            gate = _sigmoid(self._linear(np.tanh(h), "readout.w1") + mean @ self.w["readout.w2.weight"].T)
+        if self.readout in ("attention", "hybrid"):
+            query = h.mean(0) if self.readout == "attention" else h[-1]
+            gate = _sigmoid(self._linear(np.tanh(h), "readout.w1") + query @ self.w["readout.w2.weight"].T)
             beta = gate @ self.w["readout.v.weight"].T  # (L, 1)
             z = (beta * h).sum(0)
+            if self.readout == "hybrid":
+                z = np.concatenate([z, h[-1]]) @ self.w["readout.w3.weight"].T
         else:
             z = h[-1]
         if self.normalize:

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from pocketrec.device.artifact import build_artifact, resolve_model
 from pocketrec.device.runtime import ONNX_FORMAT, OnnxModel  # noqa: F401  (OnnxModel re-exported)
+from pocketrec.models.session_encoder import last_positions
 
 
 class _OnnxRecommender(nn.Module):
@@ -110,11 +111,7 @@ class _OnnxRecommender(nn.Module):
         h = self.input_norm(rows + self.positions.weight[:length].unsqueeze(0))
         for layer in self.layers:
             h = layer(h)
-        if self.readout is not None:
-            z = self.readout.pool(h, mask)
-        else:
-            last = (mask.sum(1) - 1).clamp_min(0)
-            z = torch.gather(h, 1, last.view(-1, 1, 1).expand(-1, 1, h.shape[2])).squeeze(1)
+        z = self.readout.pool(h, mask) if self.readout is not None else last_positions(h, mask)
         if self.config.normalize:
             z = F.normalize(z, dim=-1) * self.config.scale
         scores = self._scores(z, weight)

@@ -12,7 +12,10 @@ over the session. Differences from the authors' code, on purpose:
 * optional cosine scoring (``normalize``): queries and item vectors are L2-normalised and scaled by
   ``scale``, as in NISER; it makes the popularity bias of dot products disappear, which matters on the
   very sparse session sets;
-* weights start from N(0, 0.02) (BERT) rather than U(-0.1, 0.1).
+* weights start from N(0, 0.02) (BERT) rather than U(-0.1, 0.1);
+* an optional ``hybrid`` readout (SR-GNN's): the attention is queried by the *last* position instead of
+  the mean and the output is ``W3 [z; h_last]``. With learned absolute positions, the method's mean-queried
+  readout has no way to tell which position is the last one, the strongest signal in short sessions.
 
 A recommender is this encoder plus an item table (:mod:`pocketrec.tables`); the table gives both the
 input vectors and the catalogue scores, so a compressed table replaces the dense one everywhere.
@@ -29,7 +32,7 @@ from torch import Tensor, nn
 
 from pocketrec.tables.base import ItemTable, normalise_row_norms
 
-READOUTS = ("attention", "last")
+READOUTS = ("attention", "hybrid", "last")
 
 
 @dataclass
@@ -89,6 +92,12 @@ class TransformerLayer(nn.Module):
         return self.norm2(x + self.dropout(self.ff2(F.gelu(self.ff1(x)))))
 
 
+def last_positions(h: Tensor, mask: Tensor) -> Tensor:
+    """``h (B, L, d)`` at each row's last real position (``mask (B, L)``, right-padded) -> ``(B, d)``."""
+    last = (mask.sum(1) - 1).clamp_min(0)
+    return torch.gather(h, 1, last.view(-1, 1, 1).expand(-1, 1, h.shape[2])).squeeze(1)
+
+
 class AttentionReadout(nn.Module):
     """SR-GNN soft attention: beta_t = w2 . sigmoid(W1 tanh(h_t) + b1 + W2 m), z = sum_t beta_t h_t.
 
@@ -102,26 +111,46 @@ class AttentionReadout(nn.Module):
         self.w2 = nn.Linear(dim, dim, bias=False)
         self.v = nn.Linear(dim, 1, bias=False)
 
+    def _attend(self, h: Tensor, mask: Tensor, query: Tensor) -> Tensor:
+        m = mask.unsqueeze(-1).to(h.dtype)
+        beta = self.v(torch.sigmoid(self.w1(torch.tanh(h)) + self.w2(query).unsqueeze(1)))
+        return (beta * m * h).sum(1)
+
+    def _attend_prefixes(self, h: Tensor, queries: Tensor) -> Tensor:
+        """Row ``k`` attends over ``h[:, :k+1]`` with ``queries[:, k]``; a ``(B, L, L, d)`` intermediate,
+        small for session lengths (L <= max_len)."""
+        length = h.shape[1]
+        keys = self.w1(torch.tanh(h))  # (B, L_t, d)
+        gates = torch.sigmoid(keys.unsqueeze(1) + self.w2(queries).unsqueeze(2))  # (B, L_k, L_t, d)
+        beta = self.v(gates).squeeze(-1)  # (B, L_k, L_t)
+        beta = beta.masked_fill(~torch.ones(length, length, dtype=torch.bool, device=h.device).tril(), 0.0)
+        return beta @ h
+
     def pool(self, h: Tensor, mask: Tensor) -> Tensor:
         """``h (B, L, d)``, ``mask (B, L)`` bool -> ``(B, d)``; rows with an empty mask give zeros."""
         m = mask.unsqueeze(-1).to(h.dtype)
         mean = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
-        beta = self.v(torch.sigmoid(self.w1(torch.tanh(h)) + self.w2(mean).unsqueeze(1)))
-        return (beta * m * h).sum(1)
+        return self._attend(h, mask, mean)
 
     def pool_prefixes(self, h: Tensor) -> Tensor:
-        """``h (B, L, d)`` -> ``(B, L, d)``: row ``k`` is the readout of ``h[:, :k+1]``.
+        """``h (B, L, d)`` -> ``(B, L, d)``: row ``k`` is the readout of ``h[:, :k+1]``."""
+        counts = torch.arange(1, h.shape[1] + 1, device=h.device, dtype=h.dtype).view(1, -1, 1)
+        return self._attend_prefixes(h, h.cumsum(1) / counts)
 
-        Costs a ``(B, L, L, d)`` intermediate, small for session lengths (L <= max_len).
-        """
-        length = h.shape[1]
-        counts = torch.arange(1, length + 1, device=h.device, dtype=h.dtype).view(1, -1, 1)
-        means = h.cumsum(1) / counts
-        keys = self.w1(torch.tanh(h))  # (B, L_t, d)
-        gates = torch.sigmoid(keys.unsqueeze(1) + self.w2(means).unsqueeze(2))  # (B, L_k, L_t, d)
-        beta = self.v(gates).squeeze(-1)  # (B, L_k, L_t)
-        beta = beta.masked_fill(~torch.ones(length, length, dtype=torch.bool, device=h.device).tril(), 0.0)
-        return beta @ h
+
+class HybridReadout(AttentionReadout):
+    """SR-GNN's hybrid readout: attention queried by the last position, then ``W3 [z; h_last]``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.w3 = nn.Linear(2 * dim, dim, bias=False)
+
+    def pool(self, h: Tensor, mask: Tensor) -> Tensor:
+        last = last_positions(h, mask)
+        return self.w3(torch.cat([self._attend(h, mask, last), last], dim=-1))
+
+    def pool_prefixes(self, h: Tensor) -> Tensor:
+        return self.w3(torch.cat([self._attend_prefixes(h, h), h], dim=-1))
 
 
 class SessionRecommender(nn.Module):
@@ -137,7 +166,8 @@ class SessionRecommender(nn.Module):
         self.input_norm = nn.LayerNorm(config.dim, eps=1e-12)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.layers))
-        self.readout = AttentionReadout(config.dim) if config.readout == "attention" else None
+        readouts = {"attention": AttentionReadout, "hybrid": HybridReadout}
+        self.readout = readouts[config.readout](config.dim) if config.readout in readouts else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -178,11 +208,7 @@ class SessionRecommender(nn.Module):
         """Query vectors ``(B, d)`` of whole sessions (right-padded, at least one item each)."""
         h = self.hidden(inputs)
         mask = inputs != 0
-        if self.readout is not None:
-            z = self.readout.pool(h, mask)
-        else:
-            last = mask.sum(1).clamp_min(1) - 1
-            z = h[torch.arange(h.shape[0], device=h.device), last]
+        z = self.readout.pool(h, mask) if self.readout is not None else last_positions(h, mask)
         return self._finish(z)
 
     def item_scores(self, queries: Tensor) -> Tensor:
