@@ -190,3 +190,33 @@ def test_mismatched_student_is_refused(data, teacher):
         distillation_loss(small, teacher, hot_item_mask(data.item_counts()), DistillConfig())
     with pytest.raises(ValueError, match="hot_mask"):
         distillation_loss(make_student(teacher), teacher, torch.zeros(5, dtype=torch.bool), DistillConfig())
+
+
+def test_encoder_lr_freezes_or_slows_the_students_encoder(data, teacher):
+    hot = hot_item_mask(data.item_counts(), 0.2)
+    batch = real_batch(data)
+    cfg = DistillConfig(encoder_lr=0.0)
+    student = make_student(teacher, cfg)
+    loss_fn = distillation_loss(student, teacher, hot, cfg)
+    encoder_before = student.layers[0].qkv.weight.detach().clone()
+    table_before = [p.detach().clone() for p in student.table.parameters()]
+    optimizer = torch.optim.Adam(loss_fn.param_groups(), lr=1e-2)
+    student.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss_fn(batch)[0].backward()
+        optimizer.step()
+    assert torch.equal(student.layers[0].qkv.weight, encoder_before)
+    assert all(not torch.equal(p, q) for p, q in zip(student.table.parameters(), table_before, strict=True))
+
+    cfg = DistillConfig(encoder_lr=1e-4)
+    student = make_student(teacher, cfg)
+    groups = distillation_loss(student, teacher, hot, cfg).param_groups()
+    slow = [g for g in groups if g.get("lr") == 1e-4]
+    assert len(slow) == 1
+    slow_ids = {id(p) for p in slow[0]["params"]}
+    assert id(student.layers[0].qkv.weight) in slow_ids and id(student.positions.weight) in slow_ids
+    assert not any(id(p) in slow_ids for p in student.table.parameters())
+    assert all(any(id(p) in {id(q) for q in g["params"]} for g in groups) for p in student.parameters())
+    with pytest.raises(ValueError, match="encoder_lr"):
+        DistillConfig(encoder_lr=-1.0)

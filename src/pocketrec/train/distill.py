@@ -73,6 +73,11 @@ class DistillConfig:
 
     ``kd_weight`` is λ: the CE gets ``1 - λ`` and the KL ``λ``. ``cl_weight`` is β, ``pred_weight`` α (the
     authors' 0.2 and 0.001). Each ``use_*`` switch removes its term (and its part of the logged parts).
+
+    ``encoder_lr`` is the learning rate of the student's encoder (every student weight outside its item
+    table): ``None`` trains it at the trainer's ``lr`` with the table, ``0`` freezes it so that only the
+    table (and the recombination heads) learn. The student's encoder starts as a copy of the teacher's
+    trained one (``init_student_encoder_from_teacher``), so a smaller rate keeps it near that optimum.
     """
 
     kd_weight: float = 0.8
@@ -89,6 +94,7 @@ class DistillConfig:
     teacher_lr: float = 0.0
     ssl_positions: str = "last"
     init_student_encoder_from_teacher: bool = True
+    encoder_lr: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.kd_weight <= 1.0:
@@ -101,6 +107,9 @@ class DistillConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.teacher_lr < 0:
             raise ValueError(f"teacher_lr must be >= 0 (0 keeps the teacher frozen), got {self.teacher_lr}")
+        if self.encoder_lr is not None and self.encoder_lr < 0:
+            raise ValueError(f"encoder_lr must be >= 0 (0 freezes the student's encoder) or None, "
+                             f"got {self.encoder_lr}")
         if not 0.0 <= self.hot_ratio <= 1.0:
             raise ValueError(f"hot_ratio must lie in [0, 1], got {self.hot_ratio}")
         if self.ssl_positions not in POSITIONS:
@@ -165,16 +174,26 @@ class DistillationLoss(nn.Module):
         self.__dict__["teacher"] = teacher  # not a submodule: never saved with the heads
         teacher.requires_grad_(config.enabled("s2t"))
         teacher.eval()
+        if config.encoder_lr == 0:  # frozen: no gradients for the encoder (they still reach the table)
+            for name, param in student.named_parameters():
+                if not name.startswith("table."):
+                    param.requires_grad_(False)
         self.register_buffer("hot_mask", hot_mask, persistent=False)
         self.heads = RecombinationHeads(student.config.dim)
 
     def param_groups(self, lr: float | None = None) -> list[dict[str, Any]]:
         """Optimizer parameter groups: the student's trainable parameters and the heads' (at the trainer's
-        ``lr``), and with ``teacher_lr > 0`` the teacher's at ``teacher_lr``."""
-        params = [p for p in self.student.parameters() if p.requires_grad]
+        ``lr``; the student's encoder at ``encoder_lr`` when set, left out when it is 0), and with
+        ``teacher_lr > 0`` the teacher's at ``teacher_lr``."""
+        encoder_lr = self.config.encoder_lr
+        trainable = [(name, p) for name, p in self.student.named_parameters() if p.requires_grad]
+        params = [p for name, p in trainable if encoder_lr is None or name.startswith("table.")]
         if self.config.use_cl or self.config.use_pred:
             params += list(self.heads.parameters())
         groups: list[dict[str, Any]] = [{"params": params}]
+        if encoder_lr:
+            groups.append({"params": [p for name, p in trainable if not name.startswith("table.")],
+                           "lr": encoder_lr})
         if self.config.enabled("s2t"):
             groups.append({"params": list(self.teacher.parameters()), "lr": self.config.teacher_lr})
         return groups
