@@ -10,6 +10,7 @@ from pocketrec.eval.evaluate import evaluate
 from pocketrec.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pocketrec.train.compat import check_compatible
 from pocketrec.train.teacher import final_test_metrics, train_teacher
+from pocketrec.train.trainer import TrainConfig
 
 small_config = tiny_teacher_config
 
@@ -85,3 +86,20 @@ def test_interrupted_save_leaves_previous_checkpoint(data, tmp_path, monkeypatch
     assert meta["tag"] == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]
     assert torch.is_tensor(next(model.parameters()))
+
+
+def test_step_lr_decay_is_applied_and_survives_resume(data, tmp_path):
+    def config(out, epochs):
+        cfg = small_config(out, epochs=epochs)
+        cfg.train.lr_decay, cfg.train.lr_decay_every = 0.5, 2
+        return cfg
+
+    _, full = train_teacher(data, config(tmp_path / "full", 3))
+    assert [h["lr"] for h in full.history if "epoch" in h] == pytest.approx([5e-3, 5e-3, 2.5e-3])
+    _, constant = train_teacher(data, small_config(epochs=3))
+    assert final_test_metrics(constant) != final_test_metrics(full)
+    train_teacher(data, config(tmp_path / "part", 2))
+    _, resumed = train_teacher(data, config(tmp_path / "part", 3), resume=True)
+    assert final_test_metrics(resumed) == final_test_metrics(full)
+    with pytest.raises(ValueError, match="lr_decay"):
+        TrainConfig(lr_decay=0.0)

@@ -29,11 +29,18 @@ LossFn = Callable[[Batch], tuple[Tensor, dict[str, float]]]
 
 @dataclass
 class TrainConfig:
-    """How to train. ``metric`` picks the epoch: the best validation value wins."""
+    """How to train. ``metric`` picks the epoch: the best validation value wins.
+
+    ``lr_decay`` multiplies every learning rate by this factor each ``lr_decay_every`` epochs (SR-GNN and
+    GCE-GNN use 0.1 every 3); 1 keeps it constant. The rate of an epoch is a function of the epoch
+    number alone, so a resumed run follows the same schedule.
+    """
 
     epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
+    lr_decay: float = 1.0
+    lr_decay_every: int = 1
     weight_decay: float = 0.0
     patience: int = 3
     metric: str = "mrr@20"
@@ -49,6 +56,14 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ValueError(f"lr_decay must lie in (0, 1], got {self.lr_decay}")
+        if self.lr_decay_every < 1:
+            raise ValueError(f"lr_decay_every must be >= 1, got {self.lr_decay_every}")
+
+    def lr_factor(self, epoch: int) -> float:
+        """The factor on every group's base learning rate during ``epoch`` (0-based)."""
+        return self.lr_decay ** (epoch // self.lr_decay_every)
 
 
 @dataclass
@@ -85,6 +100,7 @@ def fit(model: nn.Module, train: SequenceSplit, loss_fn: LossFn, validate: Calla
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     groups = parameters or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a resumed state overwrites them
     state = resume(optimizer) if resume else None
     start_epoch = 0
     history: list[dict[str, Any]] = []
@@ -103,6 +119,8 @@ def fit(model: nn.Module, train: SequenceSplit, loss_fn: LossFn, validate: Calla
     stopped_early = False
     for epoch in range(start_epoch, config.epochs):
         seed_everything(config.seed + epoch)  # per-epoch seed: resumed runs replay the same batches
+        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = base * config.lr_factor(epoch)
         model.train()
         started = time.perf_counter()
         totals: dict[str, float] = {}
@@ -122,8 +140,8 @@ def fit(model: nn.Module, train: SequenceSplit, loss_fn: LossFn, validate: Calla
                 bar.set_postfix(loss=f"{totals['loss'] / step:.4f}")
         seconds = time.perf_counter() - started
         valid = validate()
-        record = {"epoch": epoch, "seconds": seconds, "train": {k: v / steps for k, v in totals.items()},
-                  "valid": valid}
+        record = {"epoch": epoch, "seconds": seconds, "lr": config.lr * config.lr_factor(epoch),
+                  "train": {k: v / steps for k, v in totals.items()}, "valid": valid}
         history.append(record)
         score = valid[config.metric]
         is_best = best_epoch < 0 or score > best_valid.get(config.metric, float("-inf"))
