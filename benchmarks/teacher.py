@@ -4,7 +4,7 @@ For each dataset (one subprocess each, so peak memory is per dataset): train on 
 training sessions, select the epoch on the last 10%, report test Recall@20 / MRR@20 / NDCG@20 at that
 epoch, mean epoch time and the process's peak RSS. Rows go to ``benchmarks/results/teacher.json``.
 
-    python benchmarks/teacher.py --datasets tmall,diginetica [--encoder.dim=64 ...]
+    python benchmarks/teacher.py --datasets tmall,diginetica [--resume] [encoder.dim=128 train.lr_decay=0.1 ...]
 
 Reference points on these splits (P@20 / MRR@20, %): SR-GNN 27.57 / 13.72 (Tmall), 50.73 / 17.59
 (Diginetica); RecBole SASRec 19.8 / 10.7 and 48.5 / 16.7.
@@ -25,7 +25,7 @@ REFERENCE = {"tmall": {"SR-GNN": (27.57, 13.72), "GCE-GNN": (33.42, 15.42), "Rec
 DEFAULTS = ["encoder.dim=64", "train.epochs=12", "train.patience=2"]
 
 
-def run_one(dataset: str, overrides: list[str], out: str, label: str) -> dict:
+def run_one(dataset: str, overrides: list[str], out: str, label: str, resume: bool = False) -> dict:
     import torch
 
     from pocketrec.config import load_config, to_dict
@@ -37,7 +37,7 @@ def run_one(dataset: str, overrides: list[str], out: str, label: str) -> dict:
                       [*DEFAULTS, *overrides, f"dataset={dataset}", f"out={out}/{label}-{dataset}"])
     data = load_dataset(dataset)
     started = time.perf_counter()
-    model, result = train_teacher(data, cfg)
+    model, result = train_teacher(data, cfg, resume=resume)
     test = final_test_metrics(result)
     return {
         "dataset": dataset, "method": label, "table_bytes": model.table.nbytes(),
@@ -56,15 +56,18 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--label", default="teacher",
                         help="row name in results/teacher.json and checkpoint folder prefix (e.g. teacher-d128)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue each run from its last/ checkpoint (e.g. with a new lr schedule); "
+                             "the epochs already run count in the row")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one dataset and print JSON
     args, overrides = parser.parse_known_args()
     if args.one:
-        print("ROW " + json.dumps(run_one(args.one, overrides, args.out, args.label)), flush=True)
+        print("ROW " + json.dumps(run_one(args.one, overrides, args.out, args.label, args.resume)), flush=True)
         return
     rows = []
     for dataset in args.datasets.split(","):
         proc = subprocess.run([sys.executable, __file__, "--one", dataset, "--out", args.out,
-                               "--label", args.label, *overrides],
+                               "--label", args.label, *(["--resume"] if args.resume else []), *overrides],
                               stdout=subprocess.PIPE, text=True)
         row = last_json(proc.stdout, "ROW")
         if proc.returncode or row is None:
