@@ -183,6 +183,10 @@ class SessionRecommender(nn.Module):
     def num_items(self) -> int:
         return self.table.num_items
 
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Every parameter outside the item table (positions, Transformer layers, readout)."""
+        return [p for name, p in self.named_parameters() if not name.startswith("table.")]
+
     def hidden(self, inputs: Tensor) -> Tensor:
         """Contextual vectors ``(B, L, d)`` of right-padded ``inputs (B, L)``."""
         length = inputs.shape[1]

@@ -175,9 +175,8 @@ class DistillationLoss(nn.Module):
         teacher.requires_grad_(config.enabled("s2t"))
         teacher.eval()
         if config.encoder_lr == 0:  # frozen: no gradients for the encoder (they still reach the table)
-            for name, param in student.named_parameters():
-                if not name.startswith("table."):
-                    param.requires_grad_(False)
+            for param in student.encoder_parameters():
+                param.requires_grad_(False)
         self.register_buffer("hot_mask", hot_mask, persistent=False)
         self.heads = RecombinationHeads(student.config.dim)
 
@@ -186,14 +185,15 @@ class DistillationLoss(nn.Module):
         ``lr``; the student's encoder at ``encoder_lr`` when set, left out when it is 0), and with
         ``teacher_lr > 0`` the teacher's at ``teacher_lr``."""
         encoder_lr = self.config.encoder_lr
-        trainable = [(name, p) for name, p in self.student.named_parameters() if p.requires_grad]
-        params = [p for name, p in trainable if encoder_lr is None or name.startswith("table.")]
+        encoder = [p for p in self.student.encoder_parameters() if p.requires_grad]
+        params = [p for p in self.student.table.parameters() if p.requires_grad]
+        if encoder_lr is None:
+            params += encoder
         if self.config.use_cl or self.config.use_pred:
             params += list(self.heads.parameters())
         groups: list[dict[str, Any]] = [{"params": params}]
         if encoder_lr:
-            groups.append({"params": [p for name, p in trainable if not name.startswith("table.")],
-                           "lr": encoder_lr})
+            groups.append({"params": encoder, "lr": encoder_lr})
         if self.config.enabled("s2t"):
             groups.append({"params": list(self.teacher.parameters()), "lr": self.config.teacher_lr})
         return groups
