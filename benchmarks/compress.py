@@ -181,8 +181,8 @@ def main() -> None:
             print(f"== {data.name}: {name}", file=sys.stderr, flush=True)
             row = run_variant(method, name, teacher_dir, data, cfg, out, args.tag)
             done.append(row | ({"overrides": overrides} if args.tag else {}))
-            if not args.quick:
-                write_rows(method, done)
+            if not args.quick:  # keyed by teacher too: runs from another teacher keep their own rows
+                write_rows(method, done, merge_key=("dataset", "method", "teacher"))
         rows += done
     table = [{"dataset": r["dataset"], "method": r["method"], "table bytes": r["table_bytes"],
               "ratio": f"{r['ratio']:.1f}x", "Recall@20 %": 100 * (r["recall@20"] or 0.0),

@@ -11,7 +11,7 @@ import torch
 
 from pocketrec.device.bitpack import bits_for, code_dtype, pack_codes, packed_nbytes, unpack_codes
 from pocketrec.tables import TABLE_KINDS, CodebookTable, DenseTable, array_nbytes, table_from_export
-from pocketrec.tables.codebook import fit_codebooks, icm_refine, kmeans, reconstruction_mse
+from pocketrec.tables.codebook import DEFAULT_MAX_CODEBOOKS, fit_codebooks, icm_refine, kmeans, reconstruction_mse
 
 
 def make(num_items: int = 50, dim: int = 12, M: int = 3, K: int = 16, seed: int = 0, **kw) -> CodebookTable:
@@ -168,6 +168,22 @@ def test_export_round_trip_is_exact(K: int, bitpack: bool, dtype: str) -> None:
     assert (rebuilt.M, rebuilt.K, rebuilt.bitpack, rebuilt.stored_dtype) == (3, K, bitpack, dtype)
 
 
+def test_float16_table_scores_with_the_exported_codebooks() -> None:
+    # Training, validation and test must see what the device loads: fp16-rounded codebooks.
+    table = CodebookTable(40, 8, M=3, K=16, dtype="float16", seed=1)
+    with torch.no_grad():
+        table.codebooks.mul_(1 + 1e-3 * torch.arange(8.0))  # values fp16 cannot hold exactly
+    arrays, description = table.export()
+    device = table_from_export(arrays, description)
+    ids = torch.arange(1, 41)
+    assert not torch.equal(table.codebooks.half().float(), table.codebooks)
+    assert torch.equal(table(ids), device(ids))
+    queries = torch.randn(2, 8)
+    assert torch.allclose(table.score(queries), device.score(queries), atol=1e-6)
+    table.score(queries).sum().backward()
+    assert table.codebooks.grad is not None and table.codebooks.grad.abs().sum() > 0
+
+
 def test_from_export_rejects_bad_arrays() -> None:
     arrays, description = CodebookTable(10, 4, M=2, K=16, seed=0).export()
     with pytest.raises(ValueError, match="codes have shape"):
@@ -186,7 +202,7 @@ def _bits_rule_best(n: int, d: int, budget: int, dtype: str, bitpack: bool) -> t
     """Brute force over the documented search space: max bits per item, then fewest bytes."""
     best: tuple[float, int] | None = None
     for k in (2 ** b for b in range(1, 9)):
-        for m in range(1, 9):
+        for m in range(1, DEFAULT_MAX_CODEBOOKS + 1):
             size = CodebookTable.bytes_for(n, d, m, k, dtype, bitpack)
             if size <= budget:
                 key = (m * math.log2(k), -size)
@@ -206,7 +222,7 @@ def test_for_budget_fits_and_is_maximal(budget: int, dtype: str, bitpack: bool) 
         return
     M, K = CodebookTable.config_for_budget(n, d, budget, dtype=dtype, bitpack=bitpack)
     size = CodebookTable.bytes_for(n, d, M, K, dtype, bitpack)
-    assert size <= budget and 1 <= M <= 8 and K in {2 ** b for b in range(1, 9)}
+    assert size <= budget and 1 <= M <= DEFAULT_MAX_CODEBOOKS and K in {2 ** b for b in range(1, 9)}
     assert (M * math.log2(K), -size) == _bits_rule_best(n, d, budget, dtype, bitpack)
 
 

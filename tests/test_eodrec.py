@@ -49,6 +49,20 @@ def test_teacher_learning_from_the_student_changes_only_the_teacher_side(synthet
     assert all(torch.equal(v, load_checkpoint(tiny_teacher_dir)[0].state_dict()[k]) for k, v in frozen.items())
 
 
+def test_float16_codebooks_buy_code_bits_and_train_as_stored(synthetic_data, tiny_teacher_dir, tmp_path):
+    budget = "4x"
+    full, full_result = compress_eodrec(tiny_teacher_dir, synthetic_data, budget, codes="rq", max_codebooks=32,
+                                        train=student_train_config(1))
+    half, result = compress_eodrec(tiny_teacher_dir, synthetic_data, budget, codes="rq", max_codebooks=32,
+                                   dtype="float16", out_dir=tmp_path / "half", train=student_train_config(1))
+    bits = [t.table.M * (t.table.K.bit_length() - 1) for t in (full, half)]
+    assert half.table.stored_dtype == "float16" and bits[1] > bits[0]  # halved codebooks leave bytes for codes
+    assert result.table_bytes <= full_result.table_bytes * 1.05
+    model, meta = load_checkpoint(tmp_path / "half" / "best")
+    assert meta["dtype"] == "float16" and model.table.stored_dtype == "float16"
+    assert evaluate(model, synthetic_data.test) == result.test  # the checkpoint reproduces what was tested
+
+
 def test_bad_input(synthetic_data, tiny_teacher_dir, tmp_path):
     with pytest.raises(ValueError, match="below the smallest codebook table"):
         compress_eodrec(tiny_teacher_dir, synthetic_data, 64, out_dir=tmp_path / "run", train=student_train_config(1))
@@ -57,6 +71,8 @@ def test_bad_input(synthetic_data, tiny_teacher_dir, tmp_path):
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="codes must be one of"):
         EODRecConfig(codes="magic")
+    with pytest.raises(ValueError, match="float32 or float16"):
+        EODRecConfig(dtype="int8")
 
 
 def test_cli_compresses_with_eodrec(synthetic_data, tiny_teacher_dir, tmp_path, monkeypatch):

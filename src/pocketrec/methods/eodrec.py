@@ -36,7 +36,7 @@ from typing import Any
 from pocketrec.data.dataset import Dataset
 from pocketrec.methods.recipe import CompressResult, RecipeConfig, distill_to_budget, teacher_rows
 from pocketrec.models.session_encoder import SessionRecommender
-from pocketrec.tables.codebook import CodebookTable
+from pocketrec.tables.codebook import DEFAULT_MAX_CODEBOOKS, CodebookTable
 from pocketrec.train.codes import learn_codes_with_report
 from pocketrec.train.distill import DistillConfig
 from pocketrec.train.trainer import TrainConfig
@@ -54,7 +54,8 @@ def eodrec_distill_defaults() -> DistillConfig:
 class EODRecConfig(RecipeConfig):
     """Everything ``pocketrec compress --method eodrec`` reads (overridable as ``--key=value``).
 
-    ``M``/``K`` (0: chosen by the budget solver), ``bitpack`` (codes at ``ceil(log2 K)`` bits),
+    ``M``/``K`` (0: chosen by the budget solver), ``bitpack`` (codes at ``ceil(log2 K)`` bits), ``dtype``
+    (stored precision of the codebooks: ``float16`` halves their bytes, leaving more for codes),
     ``max_codebooks`` (bounds the ``n x M`` gather of a score), ``codes`` (see the module docstring),
     ``code_epochs`` (autoencoder epochs).
     """
@@ -63,7 +64,8 @@ class EODRecConfig(RecipeConfig):
     M: int = 0
     K: int = 0
     bitpack: bool = True
-    max_codebooks: int = 8
+    dtype: str = "float32"
+    max_codebooks: int = DEFAULT_MAX_CODEBOOKS
     codes: str = "learned"
     code_epochs: int = 10
     distill: DistillConfig = field(default_factory=eodrec_distill_defaults)
@@ -72,13 +74,16 @@ class EODRecConfig(RecipeConfig):
     def __post_init__(self) -> None:
         if self.codes not in CODE_SOURCES:
             raise ValueError(f"codes must be one of {CODE_SOURCES}, got {self.codes!r}")
+        if self.dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype (the stored codebooks' precision) must be float32 or float16, got {self.dtype!r}")
         if self.M < 0 or self.K < 0 or self.max_codebooks < 1 or self.code_epochs < 0:
             raise ValueError("M, K and code_epochs must be >= 0 (0 for M/K: chosen by the budget solver) and "
                              "max_codebooks >= 1")
 
 
-def codebook_table_builder(M: int = 0, K: int = 0, bitpack: bool = True, max_codebooks: int = 8,
-                           codes: str = "learned", code_epochs: int = 10, seed: int = 0):
+def codebook_table_builder(M: int = 0, K: int = 0, bitpack: bool = True,
+                           max_codebooks: int = DEFAULT_MAX_CODEBOOKS, codes: str = "learned", code_epochs: int = 10,
+                           seed: int = 0, dtype: str = "float32"):
     """The EODRec :data:`~pocketrec.methods.recipe.TableBuilder`: ``(M, K)`` for the budget, codes and
     codebooks fitted to the teacher's rows."""
     if codes not in CODE_SOURCES:
@@ -86,25 +91,26 @@ def codebook_table_builder(M: int = 0, K: int = 0, bitpack: bool = True, max_cod
 
     def build(teacher: SessionRecommender, budget_bytes: int) -> tuple[CodebookTable, dict[str, Any]]:
         m, k = CodebookTable.config_for_budget(teacher.num_items, teacher.config.dim, budget_bytes,
-                                               bitpack=bitpack, M=M or None, K=K or None,
+                                               dtype=dtype, bitpack=bitpack, M=M or None, K=K or None,
                                                max_codebooks=max_codebooks)
         rows = teacher_rows(teacher)
         report = None
         if codes in ("rq", "pq"):
-            table = CodebookTable.from_vectors(rows, m, k, method=codes, seed=seed, bitpack=bitpack)
+            table = CodebookTable.from_vectors(rows, m, k, method=codes, seed=seed, dtype=dtype, bitpack=bitpack)
         else:
-            table, learned = learn_codes_with_report(rows, m, k, epochs=code_epochs, seed=seed, bitpack=bitpack,
-                                                     select_best=codes == "learned")
+            table, learned = learn_codes_with_report(rows, m, k, epochs=code_epochs, seed=seed, dtype=dtype,
+                                                     bitpack=bitpack, select_best=codes == "learned")
             report = learned.to_dict()
             report.pop("train_loss")
-        return table, {"M": m, "K": k, "bitpack": bitpack, "codes": codes,
+        return table, {"M": m, "K": k, "bitpack": bitpack, "dtype": dtype, "codes": codes,
                        "code_mse": table.reconstruction_error(rows), "code_learning": report}
     return build
 
 
 def compress_eodrec(teacher_checkpoint: str | Path, dataset: Dataset, budget: str | int, *, M: int = 0, K: int = 0,
-                    bitpack: bool = True, max_codebooks: int = 8, codes: str = "learned", code_epochs: int = 10,
-                    out_dir: str | Path | None = None, distill: DistillConfig | None = None,
+                    bitpack: bool = True, max_codebooks: int = DEFAULT_MAX_CODEBOOKS, codes: str = "learned",
+                    code_epochs: int = 10, dtype: str = "float32", out_dir: str | Path | None = None,
+                    distill: DistillConfig | None = None,
                     train: TrainConfig | None = None) -> tuple[SessionRecommender, CompressResult]:
     """Compress the teacher at ``teacher_checkpoint`` into an EODRec student of at most ``budget`` bytes.
 
@@ -112,7 +118,8 @@ def compress_eodrec(teacher_checkpoint: str | Path, dataset: Dataset, budget: st
     :func:`~pocketrec.methods.recipe.distill_to_budget` for the checkpoints written and errors raised.
     """
     train = train or TrainConfig()
-    builder = codebook_table_builder(M, K, bitpack, max_codebooks, codes, code_epochs, seed=train.seed)
+    builder = codebook_table_builder(M, K, bitpack, max_codebooks, codes, code_epochs, seed=train.seed,
+                                     dtype=dtype)
     return distill_to_budget(METHOD, teacher_checkpoint, dataset, budget, builder, out_dir=out_dir,
                              distill=distill or eodrec_distill_defaults(), train=train)
 
@@ -123,4 +130,4 @@ def compress_from_config(cfg: EODRecConfig, dataset: Dataset) -> tuple[SessionRe
         raise ValueError("no teacher checkpoint given (--teacher runs/teacher-DATASET/best)")
     return compress_eodrec(cfg.teacher, dataset, cfg.budget, M=cfg.M, K=cfg.K, bitpack=cfg.bitpack,
                            max_codebooks=cfg.max_codebooks, codes=cfg.codes, code_epochs=cfg.code_epochs,
-                           out_dir=cfg.out or None, distill=cfg.distill, train=cfg.train)
+                           dtype=cfg.dtype, out_dir=cfg.out or None, distill=cfg.distill, train=cfg.train)

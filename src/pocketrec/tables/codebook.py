@@ -37,6 +37,9 @@ from pocketrec.device.bitpack import bits_for, code_dtype, pack_codes, packed_nb
 from pocketrec.tables.base import ItemTable, mask_padding_column, register_table
 
 _FLOAT_DTYPES = ("float32", "float16")
+#: Default bound on ``M`` in the budget solver: more codebooks buy code bits per item (what accuracy follows)
+#: at the cost of ``n*M`` gathers per score (the numpy runtime groups codebooks, so ``ceil(M / g)`` in practice).
+DEFAULT_MAX_CODEBOOKS = 8
 _INIT_METHODS = ("rq", "pq", "random")
 # Distance blocks in k-means hold at most this many floats (64 MiB at float32).
 _DIST_BLOCK = 1 << 24
@@ -263,7 +266,9 @@ class CodebookTable(ItemTable):
     (buffer ``codes (num_items + 1, M)``, int64 in memory, row 0 unused); an item is the sum of its
     ``M`` codewords.
 
-    ``dtype`` is the stored (exported) precision of the codebooks; training is float32. ``bitpack``
+    ``dtype`` is the stored (exported) precision of the codebooks. Training keeps float32 master weights
+    but every lookup sees them rounded to the stored precision (straight-through), so what is trained,
+    validated and tested is what the device gets. ``bitpack``
     stores the codes at ``ceil(log2 K)`` bits each instead of uint8/uint16. A fresh table has random
     codes (from ``seed``, or torch's global generator when ``None``) and codewords drawn from
     ``N(0, (init_std / sqrt(M))^2)``, so item vectors start with the same scale as a dense table's.
@@ -321,15 +326,22 @@ class CodebookTable(ItemTable):
 
     # ---- lookups and scores -----------------------------------------------------------------------
 
+    def stored_codebooks(self) -> Tensor:
+        """The codebooks at the stored precision (float16 rounding passes gradients straight through)."""
+        books = self.codebooks
+        if self.stored_dtype == "float32":
+            return books
+        return books + (books.to(getattr(torch, self.stored_dtype)).to(books.dtype) - books).detach()
+
     def forward(self, ids: Tensor) -> Tensor:
         # Flat lookups into the (M*K, dim) view: one embedding gather per code, then a sum over M.
         flat = self.codes[ids] + self.code_offsets
-        vectors = F.embedding(flat, self.codebooks.reshape(self.M * self.K, self.dim)).sum(-2)
+        vectors = F.embedding(flat, self.stored_codebooks().reshape(self.M * self.K, self.dim)).sum(-2)
         return vectors * (ids != 0).unsqueeze(-1).to(vectors.dtype)
 
     def lookup_tables(self, queries: Tensor) -> Tensor:
         """``LUT[b, m, k] = queries[b] . codebooks[m, k]``, shape ``(batch, M, K)``."""
-        return torch.einsum("bd,mkd->bmk", queries, self.codebooks.to(queries.dtype))
+        return torch.einsum("bd,mkd->bmk", queries, self.stored_codebooks().to(queries.dtype))
 
     def _flat_codes(self) -> Tensor:
         """``(M, num_items + 1)`` contiguous codes with each codebook's offset ``m*K`` added: the index rows
@@ -360,7 +372,7 @@ class CodebookTable(ItemTable):
         """``mean_i |vectors[i] - e_i|^2`` over items ``1..n`` (``vectors`` is ``(n + 1, dim)``)."""
         self._check_vectors(vectors, self.num_items, self.dim)
         return reconstruction_mse(vectors[1:].to(self.codebooks.device, torch.float32),
-                                  self.codebooks.detach(), self.codes[1:])
+                                  self.stored_codebooks().detach(), self.codes[1:])
 
     def set_codes(self, codes: Tensor) -> None:
         """Replace the codes: ``(num_items, M)`` for items ``1..n``, or ``(num_items + 1, M)`` (row 0
@@ -428,13 +440,14 @@ class CodebookTable(ItemTable):
     @classmethod
     def config_for_budget(cls, num_items: int, dim: int, budget_bytes: int, dtype: str = "float32",
                           bitpack: bool = False, M: int | None = None, K: int | None = None,
-                          max_codebooks: int = 8, max_codebook_size: int = 256) -> tuple[int, int]:
+                          max_codebooks: int = DEFAULT_MAX_CODEBOOKS,
+                          max_codebook_size: int = 256) -> tuple[int, int]:
         """The ``(M, K)`` that :meth:`for_budget` builds.
 
         Rule: among ``K`` in the powers of two ``2..max_codebook_size`` (or the given ``K``) and ``M`` in
         ``1..max_codebooks`` (or the given ``M``) whose :meth:`bytes_for` (codebooks and codes both
         counted) is within the budget, take the largest number of code bits per item ``M * log2 K``;
-        ties go to fewer bytes, then to fewer codebooks. ``max_codebooks = 8`` bounds the ``n*M`` gather
+        ties go to fewer bytes, then to fewer codebooks. ``max_codebooks`` bounds the ``n*M`` gather
         cost of :meth:`score`; ``max_codebook_size = 256`` keeps codes in uint8.
         """
         if max_codebook_size < 2:
@@ -465,7 +478,8 @@ class CodebookTable(ItemTable):
     @classmethod
     def for_budget(cls, num_items: int, dim: int, budget_bytes: int, dtype: str = "float32",
                    bitpack: bool = False, M: int | None = None, K: int | None = None,
-                   max_codebooks: int = 8, max_codebook_size: int = 256, **kwargs: Any) -> CodebookTable:
+                   max_codebooks: int = DEFAULT_MAX_CODEBOOKS, max_codebook_size: int = 256,
+                   **kwargs: Any) -> CodebookTable:
         """A fresh table with the ``(M, K)`` of :meth:`config_for_budget`; ``kwargs`` go to the constructor.
 
         To fit it to teacher vectors, pass the chosen ``M`` and ``K`` to :meth:`from_vectors`.
