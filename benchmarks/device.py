@@ -124,8 +124,8 @@ def synthetic_model(num_items: int, kind: str, dim: int, max_len: int, seed: int
     """An untrained model with a random table; TT and codebook tables get dense bytes / ``table_ratio``."""
     import torch
 
+    from pocketrec.methods.eodrec import codebook_table_for_budget
     from pocketrec.models.session_encoder import EncoderConfig, SessionRecommender
-    from pocketrec.tables.codebook import CodebookTable
     from pocketrec.tables.dense import DenseTable
     from pocketrec.tables.tt import TTTable
 
@@ -136,7 +136,7 @@ def synthetic_model(num_items: int, kind: str, dim: int, max_len: int, seed: int
     elif kind == "tt":
         table = TTTable.for_budget(num_items, dim, budget, num_cores=2, t=2)
     elif kind == "codebook":
-        table = CodebookTable.for_budget(num_items, dim, budget, bitpack=True, seed=seed)
+        table = codebook_table_for_budget(num_items, dim, budget, seed=seed)
     else:
         raise SystemExit(f"--kind must be dense, tt or codebook, got {kind!r}")
     return SessionRecommender(EncoderConfig(dim=dim, max_len=max_len), table).eval()

@@ -1,7 +1,7 @@
 """Scoring speed and bytes of each item-table kind, side by side, one thread, one query at a time.
 
 For each catalogue size in ``--items`` (default: Tmall's 40,727 and a synthetic 1M), builds a dense fp32
-table, an OD-Rec STT table (t = 2, two cores) and an EODRec codebook table (bit-packed codes), the last two
+table, an OD-Rec STT table (t = 2, two cores) and an EODRec codebook table (the recipe's default layout), the last two
 at the same budget (dense bytes / ``--ratio``, default 40x), with random weights (speed and memory do not
 depend on training). Then, in this one process with one thread, times one query at a time against the
 whole catalogue, for
@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from common import print_table, write_rows  # noqa: E402
 from pocketrec.device.np_tables import make_scorer  # noqa: E402
-from pocketrec.tables.codebook import CodebookTable  # noqa: E402
+from pocketrec.methods.eodrec import codebook_table_for_budget  # noqa: E402
 from pocketrec.tables.dense import DenseTable  # noqa: E402
 from pocketrec.tables.tt import TTTable  # noqa: E402
 
@@ -44,7 +44,7 @@ def build(kind: str, items: int, dim: int, budget: int, seed: int):
         return DenseTable(items, dim)
     if kind == "tt":
         return TTTable.for_budget(items, dim, budget, num_cores=2, t=2)
-    return CodebookTable.for_budget(items, dim, budget, bitpack=True, seed=seed)
+    return codebook_table_for_budget(items, dim, budget, seed=seed)
 
 
 def latencies(fn, repeats: int, max_seconds: float) -> list[float]:

@@ -50,12 +50,21 @@ def test_forward_is_the_sum_of_codewords(M: int, K: int) -> None:
     torch.testing.assert_close(table.materialize(), rows)
 
 
+def on_path(table: CodebookTable, path: str) -> CodebookTable:
+    """Force ``score``'s lookup-table path or its row-rebuild path (in blocks of 17 items, so several)."""
+    table.LUT_MAX_BATCH = 10**9 if path == "lut" else 0
+    table.ROW_CHUNK = 17
+    return table
+
+
+@pytest.mark.parametrize("path", ["lut", "rebuilt"])
 @pytest.mark.parametrize("bitpack", [False, True])
 @pytest.mark.parametrize("M,K", [(1, 8), (3, 16), (2, 1024)])
-def test_score_matches_materialised_rows(M: int, K: int, bitpack: bool) -> None:
+def test_score_matches_materialised_rows(M: int, K: int, bitpack: bool, path: str) -> None:
     table = make(M=M, K=K, bitpack=bitpack)
     if bitpack:  # what a device loads: through the packed export
         table = CodebookTable.from_export(*table.export()).double()
+    on_path(table, path)
     queries = torch.randn(5, table.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     scores = table.score(queries)
     assert scores.shape == (5, table.num_rows)
@@ -66,8 +75,9 @@ def test_score_matches_materialised_rows(M: int, K: int, bitpack: bool) -> None:
     assert torch.isfinite(torch.log_softmax(scores, -1)).all()
 
 
-def test_gradient_reaches_codebooks_through_score() -> None:
-    table = make(M=3, K=8)
+@pytest.mark.parametrize("path", ["lut", "rebuilt"])
+def test_gradient_reaches_codebooks_through_score(path: str) -> None:
+    table = on_path(make(M=3, K=8), path)
     queries = torch.randn(4, table.dim, dtype=torch.float64, requires_grad=True)
     targets = torch.tensor([1, 5, 17, 50])
     loss = torch.nn.functional.cross_entropy(table.score(queries), targets)
@@ -82,6 +92,17 @@ def test_gradient_reaches_codebooks_through_score() -> None:
     logits[:, 0] = torch.finfo(logits.dtype).min
     torch.nn.functional.cross_entropy(logits, targets).backward()
     torch.testing.assert_close(grad_score, table.codebooks.grad)
+
+
+def test_both_score_paths_agree_and_the_default_switches_on_batch_size() -> None:
+    table = make(M=4, K=16)
+    rows = explicit_rows(table)
+    unit = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    for batch in (1, CodebookTable.LUT_MAX_BATCH + 1):  # one query: LUT path; a big batch: rebuilt rows
+        queries = torch.randn(batch, table.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(batch))
+        torch.testing.assert_close(table.score(queries)[:, 1:], (queries @ rows.t())[:, 1:])
+        torch.testing.assert_close(table.cosine_score(queries)[:, 1:], (queries @ unit.t())[:, 1:])
+        torch.testing.assert_close(table.score(queries), on_path(make(M=4, K=16), "lut").score(queries))
 
 
 # ---- bytes, export, bit-packing --------------------------------------------------------------------

@@ -52,7 +52,7 @@ def test_teacher_learning_from_the_student_changes_only_the_teacher_side(synthet
 def test_float16_codebooks_buy_code_bits_and_train_as_stored(synthetic_data, tiny_teacher_dir, tmp_path):
     budget = "4x"
     full, full_result = compress_eodrec(tiny_teacher_dir, synthetic_data, budget, codes="rq", max_codebooks=32,
-                                        train=student_train_config(1))
+                                        dtype="float32", train=student_train_config(1))
     half, result = compress_eodrec(tiny_teacher_dir, synthetic_data, budget, codes="rq", max_codebooks=32,
                                    dtype="float16", out_dir=tmp_path / "half", train=student_train_config(1))
     bits = [t.table.M * (t.table.K.bit_length() - 1) for t in (full, half)]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -22,7 +23,8 @@ OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 def fail(message: str) -> None:
     """Print a one-line error and exit 2 (no stack trace for user errors)."""
-    console.print(f"[red]error:[/red] {message}")
+    # soft_wrap: one line whatever the terminal width (paths stay unbroken); escape: "[...]" is not markup
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -301,7 +303,8 @@ def compress(ctx: typer.Context,
     Example: pocketrec compress --method odrec --teacher runs/teacher-tmall/best --budget 3% --train.epochs=10
 
     Method options go as --key=value: odrec: --t=2 --num_cores=2 --warm_start=true; eodrec: --M=0 --K=0
-    (0: the budget solver picks) --codes=learned|gumbel|rq|pq --bitpack=true; both: --distill.KEY=V
+    (0: the budget solver picks) --max_codebooks=48 --dtype=float16|float32 --codes=learned|gumbel|rq|pq
+    --bitpack=true; both: --distill.KEY=V
     (kd_weight, cl_weight, pred_weight, bidirectional, teacher_lr, ...) and --train.KEY=V.
     """
     import importlib

@@ -20,9 +20,9 @@ from typing import Any
 
 from pocketrec.data.dataset import Dataset
 from pocketrec.eval.evaluate import evaluate
+from pocketrec.methods.eodrec import codebook_table_builder
 from pocketrec.methods.recipe import teacher_rows
 from pocketrec.models.session_encoder import SessionRecommender
-from pocketrec.tables.codebook import CodebookTable
 from pocketrec.tables.dense import DenseTable
 from pocketrec.tables.quantized import QuantizedTable
 from pocketrec.train.checkpoint import copy_weights, save_checkpoint
@@ -51,8 +51,8 @@ def post_hoc_table(kind: str, teacher: SessionRecommender, budget_bytes: int | N
     if kind == "kmeans":
         if budget_bytes is None:
             raise ValueError("the kmeans baseline needs a budget")
-        m, k = CodebookTable.config_for_budget(teacher.num_items, teacher.config.dim, budget_bytes, bitpack=True)
-        return CodebookTable.from_vectors(rows, m, k, method="rq", seed=seed, bitpack=True)
+        # the EODRec student's layout (M, K, precision, packing) with residual k-means codes, no training
+        return codebook_table_builder(codes="rq", seed=seed)(teacher, budget_bytes)[0]
     raise ValueError(f"unknown post-hoc baseline {kind!r} (known: {', '.join(POST_HOC)})")
 
 

@@ -62,7 +62,7 @@ class _OnnxRecommender(nn.Module):
             codes = table.codes.detach().clone()
             codes = codes.to(torch.uint8) if table.K <= 256 else codes.to(torch.int32)
             self.register_buffer("codes_t", codes.t().contiguous())  # (M, n + 1); column 0 unused
-            self.books = nn.Parameter(table.codebooks.detach().clone(), requires_grad=False)
+            self.books = nn.Parameter(table.stored_codebooks().detach().clone(), requires_grad=False)
         else:
             raise ValueError(f"ONNX export does not support item-table kind {self.kind!r}")
         if self.config.normalize:

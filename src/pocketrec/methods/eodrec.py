@@ -6,7 +6,9 @@ Paper: Xia, Yin, Yu, Wang, Xu, Nguyen, "Efficient On-Device Session-Based Recomm
 Recipe (METHODS.md §2), through the shared :func:`~pocketrec.methods.recipe.distill_to_budget`:
 
 1. the budget solver picks ``M`` codebooks of ``K`` codewords (:meth:`CodebookTable.config_for_budget`:
-   the most code bits per item that fit, codebooks and codes both counted, codes bit-packed by default);
+   the most code bits per item that fit, codebooks and codes both counted; by default codes bit-packed,
+   codebooks stored (and trained, straight-through) in float16, up to 48 codebooks — accuracy follows code
+   bits per item, and these buy the most of them per byte);
 2. phase 1, codes from the teacher's item vectors (``codes``):
 
    * ``"learned"`` (default): the Gumbel straight-through autoencoder of :mod:`pocketrec.train.codes`,
@@ -43,6 +45,8 @@ from pocketrec.train.trainer import TrainConfig
 
 METHOD = "eodrec"
 CODE_SOURCES = ("learned", "gumbel", "rq", "pq")
+#: Stored precision of the codebooks: float16 halves their bytes, which the budget solver spends on code bits.
+DEFAULT_DTYPE = "float16"
 
 
 def eodrec_distill_defaults() -> DistillConfig:
@@ -64,7 +68,7 @@ class EODRecConfig(RecipeConfig):
     M: int = 0
     K: int = 0
     bitpack: bool = True
-    dtype: str = "float32"
+    dtype: str = DEFAULT_DTYPE
     max_codebooks: int = DEFAULT_MAX_CODEBOOKS
     codes: str = "learned"
     code_epochs: int = 10
@@ -83,7 +87,7 @@ class EODRecConfig(RecipeConfig):
 
 def codebook_table_builder(M: int = 0, K: int = 0, bitpack: bool = True,
                            max_codebooks: int = DEFAULT_MAX_CODEBOOKS, codes: str = "learned", code_epochs: int = 10,
-                           seed: int = 0, dtype: str = "float32"):
+                           seed: int = 0, dtype: str = DEFAULT_DTYPE):
     """The EODRec :data:`~pocketrec.methods.recipe.TableBuilder`: ``(M, K)`` for the budget, codes and
     codebooks fitted to the teacher's rows."""
     if codes not in CODE_SOURCES:
@@ -107,9 +111,16 @@ def codebook_table_builder(M: int = 0, K: int = 0, bitpack: bool = True,
     return build
 
 
+def codebook_table_for_budget(num_items: int, dim: int, budget_bytes: int, seed: int = 0) -> CodebookTable:
+    """A fresh (random) codebook table in the recipe's default layout for a budget: the EODRec table of the
+    speed and memory benchmarks, which do not depend on trained weights."""
+    return CodebookTable.for_budget(num_items, dim, budget_bytes, dtype=DEFAULT_DTYPE, bitpack=True,
+                                    max_codebooks=DEFAULT_MAX_CODEBOOKS, seed=seed)
+
+
 def compress_eodrec(teacher_checkpoint: str | Path, dataset: Dataset, budget: str | int, *, M: int = 0, K: int = 0,
                     bitpack: bool = True, max_codebooks: int = DEFAULT_MAX_CODEBOOKS, codes: str = "learned",
-                    code_epochs: int = 10, dtype: str = "float32", out_dir: str | Path | None = None,
+                    code_epochs: int = 10, dtype: str = DEFAULT_DTYPE, out_dir: str | Path | None = None,
                     distill: DistillConfig | None = None,
                     train: TrainConfig | None = None) -> tuple[SessionRecommender, CompressResult]:
     """Compress the teacher at ``teacher_checkpoint`` into an EODRec student of at most ``budget`` bytes.

@@ -19,6 +19,7 @@ Conventions shared by every table:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -135,6 +136,32 @@ def normalise_row_norms(norms: Tensor) -> Tensor:
     norms = norms.clone()
     norms[0] = 1.0
     return norms.clamp_min(1e-8)
+
+
+def score_row_blocks(queries: Tensor, blocks: Iterable[tuple[int, int, Tensor]], num_rows: int, unit_rows: bool,
+                     needs_grad: bool) -> Tensor:
+    """Scores ``(batch, num_rows)`` from rebuilt row blocks ``(start, stop, rows)`` covering ``0..num_rows``.
+
+    The path of tables that rebuild rows in chunks (TT, codebooks at large batches): each block is one
+    ``queries @ rows.T``, so only a block of rows is alive at a time. ``unit_rows`` normalises each block's
+    rows first (cosine scoring without a second pass over the scores). With ``needs_grad`` the blocks are
+    concatenated (autograd keeps them anyway); otherwise they are written into one preallocated output.
+    """
+
+    def block(start: int, rows: Tensor) -> Tensor:
+        if unit_rows:
+            norms = rows.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            if start == 0:  # the padding row is masked anyway; keep it finite
+                norms = torch.cat([norms.new_ones(1, 1), norms[1:]])
+            rows = rows / norms
+        return queries @ rows.to(queries.dtype).t()
+
+    if needs_grad:
+        return mask_padding_column(torch.cat([block(start, rows) for start, _, rows in blocks], dim=1))
+    out = queries.new_empty((queries.shape[0], num_rows))
+    for start, stop, rows in blocks:
+        out[:, start:stop] = block(start, rows)
+    return mask_padding_column(out)
 
 
 def table_from_export(arrays: dict[str, np.ndarray], description: dict[str, Any]) -> ItemTable:

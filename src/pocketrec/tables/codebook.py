@@ -9,8 +9,12 @@ codes of items ``1..n`` as the smallest unsigned integer type (uint8 for ``K <= 
 or bit-packed at ``ceil(log2 K)`` bits (:mod:`pocketrec.device.bitpack`), so
 ``nbytes = M*K*dim*itemsize + n*M*code_bytes`` (METHODS §2.6/§6).
 
-Scoring never rebuilds the item rows: per query it builds the lookup table ``LUT[m, k] = q . A[m, k]``
-(``M*K*dim`` multiply-adds) and sums ``M`` gathered LUT entries per item (``n*M`` adds).
+Scoring one query never rebuilds the item rows: it builds the lookup table ``LUT[m, k] = q . A[m, k]``
+(``M*K*dim`` multiply-adds) and sums ``M`` gathered LUT entries per item (``n*M`` adds) — the device path.
+A batch of queries (training, evaluation) shares one rebuild instead: rows in chunks of items, each one
+fused ``embedding_bag`` sum of codewords (never an ``items x M x dim`` tensor), then one matrix product;
+``b*n*M`` scattered gathers cost more than ``n*M*dim`` streamed adds plus a ``b x n x dim`` GEMM once a
+batch has a few dozen queries.
 
 What differs from the authors' code (METHODS §2.7), on purpose:
 
@@ -26,7 +30,8 @@ What differs from the authors' code (METHODS §2.7), on purpose:
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,12 +39,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pocketrec.device.bitpack import bits_for, code_dtype, pack_codes, packed_nbytes, unpack_codes
-from pocketrec.tables.base import ItemTable, mask_padding_column, register_table
+from pocketrec.tables.base import ItemTable, mask_padding_column, register_table, score_row_blocks
 
 _FLOAT_DTYPES = ("float32", "float16")
-#: Default bound on ``M`` in the budget solver: more codebooks buy code bits per item (what accuracy follows)
-#: at the cost of ``n*M`` gathers per score (the numpy runtime groups codebooks, so ``ceil(M / g)`` in practice).
-DEFAULT_MAX_CODEBOOKS = 8
+#: Default bound on ``M`` in the budget solver: more codebooks buy code bits per item (what accuracy follows:
+#: on Tmall at ~40x, 8 codebooks of 64 kept 85% of the teacher's Recall@20, 46 of 4 kept 97%) at the cost of
+#: ``n*M`` gathers per single-query score (the numpy runtime groups codebooks, so ``ceil(M / g)`` in practice).
+DEFAULT_MAX_CODEBOOKS = 48
 _INIT_METHODS = ("rq", "pq", "random")
 # Distance blocks in k-means hold at most this many floats (64 MiB at float32).
 _DIST_BLOCK = 1 << 24
@@ -276,6 +282,12 @@ class CodebookTable(ItemTable):
     """
 
     kind = "codebook"
+    #: ``score`` takes the lookup-table path up to this many queries, the row-rebuild path above it
+    #: (one CPU thread, 40k items: the rebuild wins from 32-64 queries for M from 7 to 46, and by 4-14x at
+    #: 256, where the LUT path's ``batch x items`` accumulator falls out of cache).
+    LUT_MAX_BATCH: ClassVar[int] = 32
+    #: Items per rebuilt block on the row-rebuild path.
+    ROW_CHUNK: ClassVar[int] = 16384
 
     def __init__(self, num_items: int, dim: int, M: int = 3, K: int = 256, dtype: str = "float32",
                  bitpack: bool = False, init_std: float = 0.02, seed: int | None = None) -> None:
@@ -334,10 +346,18 @@ class CodebookTable(ItemTable):
         return books + (books.to(getattr(torch, self.stored_dtype)).to(books.dtype) - books).detach()
 
     def forward(self, ids: Tensor) -> Tensor:
-        # Flat lookups into the (M*K, dim) view: one embedding gather per code, then a sum over M.
-        flat = self.codes[ids] + self.code_offsets
-        vectors = F.embedding(flat, self.stored_codebooks().reshape(self.M * self.K, self.dim)).sum(-2)
+        # One fused sum of M codeword lookups per id (embedding_bag: no (ids, M, dim) intermediate, in the
+        # forward or the backward pass).
+        flat = (self.codes[ids] + self.code_offsets).reshape(-1, self.M)
+        books = self.stored_codebooks().reshape(self.M * self.K, self.dim)
+        vectors = F.embedding_bag(flat, books, mode="sum").reshape(*ids.shape, self.dim)
         return vectors * (ids != 0).unsqueeze(-1).to(vectors.dtype)
+
+    def _row_blocks(self) -> Iterator[tuple[int, int, Tensor]]:
+        """``(start, stop, rows)`` over ids ``0..n`` in blocks of :attr:`ROW_CHUNK` (row 0 is zeros)."""
+        for start in range(0, self.num_rows, self.ROW_CHUNK):
+            stop = min(start + self.ROW_CHUNK, self.num_rows)
+            yield start, stop, self(torch.arange(start, stop, device=self.codes.device))
 
     def lookup_tables(self, queries: Tensor) -> Tensor:
         """``LUT[b, m, k] = queries[b] . codebooks[m, k]``, shape ``(batch, M, K)``."""
@@ -353,8 +373,28 @@ class CodebookTable(ItemTable):
         return self._flat
 
     def score(self, queries: Tensor) -> Tensor:
-        """``scores[b, i] = sum_m LUT[b, m, codes[i, m]]``: ``O(M K d + n M)`` per query, differentiable
-        w.r.t. the codebooks (and the queries). Column 0 is masked."""
+        """Scores of every item, differentiable w.r.t. the codebooks and the queries; column 0 masked.
+
+        Up to :attr:`LUT_MAX_BATCH` queries: :meth:`lut_score`; more: rows rebuilt in blocks and multiplied
+        (same values up to float rounding; see the module docstring for why both exist).
+        """
+        if queries.shape[0] <= self.LUT_MAX_BATCH:
+            return self.lut_score(queries)
+        return self._rebuilt_score(queries, unit_rows=False)
+
+    def cosine_score(self, queries: Tensor) -> Tensor:
+        """Cosine scores: on the row-rebuild path each block is normalised before the product."""
+        if queries.shape[0] <= self.LUT_MAX_BATCH:
+            return super().cosine_score(queries)
+        return self._rebuilt_score(queries, unit_rows=True)
+
+    def _rebuilt_score(self, queries: Tensor, unit_rows: bool) -> Tensor:
+        needs_grad = torch.is_grad_enabled() and (queries.requires_grad or self.codebooks.requires_grad)
+        return score_row_blocks(queries, self._row_blocks(), self.num_rows, unit_rows, needs_grad)
+
+    def lut_score(self, queries: Tensor) -> Tensor:
+        """``scores[b, i] = sum_m LUT[b, m, codes[i, m]]``: ``O(M K d + n M)`` per query (EODRec's fast path,
+        what the device runs), differentiable w.r.t. the codebooks (and the queries). Column 0 is masked."""
         batch = queries.shape[0]
         lut = self.lookup_tables(queries).reshape(batch, self.M * self.K)
         flat = self._flat_codes()

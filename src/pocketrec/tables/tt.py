@@ -70,7 +70,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pocketrec.tables.base import ItemTable, mask_padding_column, normalise_row_norms, register_table
+from pocketrec.tables.base import ItemTable, normalise_row_norms, register_table, score_row_blocks
 
 _DTYPES = ("float32", "float16")
 
@@ -385,23 +385,9 @@ class TTTable(ItemTable):
         if queries.dim() != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"queries must be (batch, {self.dim}), got {tuple(queries.shape)}")
 
-        def block(start: int, rows: Tensor) -> Tensor:
-            if unit_rows:
-                norms = rows.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-                if start == 0:  # the padding row is masked anyway; keep it finite
-                    norms = torch.cat([norms.new_ones(1, 1), norms[1:]])
-                rows = rows / norms
-            return queries @ rows.to(queries.dtype).t()
-
         needs_grad = torch.is_grad_enabled() and (
             queries.requires_grad or any(core.requires_grad for core in self.cores))
-        if needs_grad:
-            parts = [block(start, rows) for start, _, rows in self._first_digit_blocks()]
-            return mask_padding_column(torch.cat(parts, dim=1))
-        out = queries.new_empty((queries.shape[0], self.num_rows))
-        for start, stop, rows in self._first_digit_blocks():
-            out[:, start:stop] = block(start, rows)
-        return mask_padding_column(out)
+        return score_row_blocks(queries, self._first_digit_blocks(), self.num_rows, unit_rows, needs_grad)
 
     # ------------------------------------------------------------------------------------ warm start
     def fit_to(self, weight: Tensor | np.ndarray, steps: int = 300, lr: float = 1e-2, batch_rows: int = 4096,
