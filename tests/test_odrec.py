@@ -29,6 +29,17 @@ def test_student_is_small_and_learns(synthetic_data, tiny_teacher_dir, tmp_path)
     assert not any(k.startswith("heads") for k in model.state_dict())
 
 
+def test_float16_cores_buy_rank_at_the_same_bytes(synthetic_data, tiny_teacher_dir, tmp_path):
+    full, full_result = compress_odrec(tiny_teacher_dir, synthetic_data, "4x", train=student_train_config(1))
+    half, result = compress_odrec(tiny_teacher_dir, synthetic_data, "4x", dtype="float16", out_dir=tmp_path / "half",
+                                  train=student_train_config(1))
+    assert half.table.stored_dtype == "float16" and half.table.rank > full.table.rank
+    assert result.table_bytes <= full_result.dense_table_bytes / 4
+    model, meta = load_checkpoint(tmp_path / "half" / "best")
+    assert meta["dtype"] == "float16" and model.table.stored_dtype == "float16"
+    assert evaluate(model, synthetic_data.test) == result.test  # the checkpoint reproduces what was tested
+
+
 def test_too_small_budget_writes_nothing(synthetic_data, tiny_teacher_dir, tmp_path):
     with pytest.raises(ValueError, match="below the smallest tt table"):
         compress_odrec(tiny_teacher_dir, synthetic_data, 100, out_dir=tmp_path / "run", train=student_train_config(1))
@@ -56,6 +67,7 @@ def test_cli_reports_user_errors(tiny_teacher_dir, tmp_path):
     assert "--method must be one of" in error_of("--method", "nope", "--teacher", str(tiny_teacher_dir))
     assert "not a pocketrec checkpoint" in error_of("--teacher", str(tmp_path / "missing"))
     assert "unknown config key" in error_of("--teacher", str(tiny_teacher_dir), "--distill.bogus=1")
+    assert "float32 or float16" in error_of("--teacher", str(tiny_teacher_dir), "--dtype=int8")
 
 
 def test_cli_compresses(synthetic_data, tiny_teacher_dir, tmp_path, monkeypatch):

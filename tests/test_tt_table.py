@@ -184,6 +184,21 @@ def test_float16_export_round_trip() -> None:
         assert torch.equal(a.detach().half().float(), b.detach())
 
 
+def test_float16_table_builds_rows_from_the_exported_cores() -> None:
+    # Training, validation and test must see what the device loads: fp16-rounded cores.
+    torch.manual_seed(3)
+    table = TTTable(50, 16, rank=4, num_cores=3, t=2, dtype="float16", init_std=0.3)
+    assert not all(torch.equal(c.detach().half().float(), c.detach()) for c in table.cores)
+    device = table_from_export(*table.export())
+    ids = torch.arange(1, 51)
+    assert torch.equal(table(ids), device(ids))
+    torch.testing.assert_close(table.full_weight(), device.full_weight())
+    queries = torch.randn(3, 16)
+    torch.testing.assert_close(table.score(queries), device.score(queries))
+    table.score(queries).sum().backward()
+    assert all(c.grad is not None and c.grad.abs().sum() > 0 for c in table.cores)  # straight through
+
+
 def test_from_export_rejects_bad_arrays() -> None:
     table = TTTable(37, 16, rank=4, t=2)
     arrays, description = table.export()

@@ -76,10 +76,9 @@ class EODRecConfig(RecipeConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.codes not in CODE_SOURCES:
             raise ValueError(f"codes must be one of {CODE_SOURCES}, got {self.codes!r}")
-        if self.dtype not in ("float32", "float16"):
-            raise ValueError(f"dtype (the stored codebooks' precision) must be float32 or float16, got {self.dtype!r}")
         if self.M < 0 or self.K < 0 or self.max_codebooks < 1 or self.code_epochs < 0:
             raise ValueError("M, K and code_epochs must be >= 0 (0 for M/K: chosen by the budget solver) and "
                              "max_codebooks >= 1")

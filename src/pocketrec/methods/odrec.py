@@ -59,6 +59,7 @@ class ODRecConfig(RecipeConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.num_cores < 2:
             raise ValueError(f"num_cores must be >= 2, got {self.num_cores}")
         if self.t < 1:
@@ -68,14 +69,15 @@ class ODRecConfig(RecipeConfig):
 
 
 def tt_table_builder(num_cores: int = 2, t: int = 2, warm_start: bool = True, warm_start_steps: int = 300,
-                     seed: int = 0):
+                     seed: int = 0, dtype: str = "float32"):
     """The OD-Rec :data:`~pocketrec.methods.recipe.TableBuilder`: the largest TT table in the budget,
     its cores optionally fitted by least squares to the teacher's rows."""
     def build(teacher: SessionRecommender, budget_bytes: int) -> tuple[TTTable, dict[str, Any]]:
-        table = TTTable.for_budget(teacher.num_items, teacher.config.dim, budget_bytes, num_cores=num_cores, t=t)
+        table = TTTable.for_budget(teacher.num_items, teacher.config.dim, budget_bytes, num_cores=num_cores, t=t,
+                                   dtype=dtype)
         warm = warm_start and warm_start_steps > 0
         error = table.fit_to(teacher_rows(teacher), steps=warm_start_steps, seed=seed) if warm else None
-        return table, {"num_cores": num_cores, "t": t, "tt_rank": table.rank, "warm_start": warm,
+        return table, {"num_cores": num_cores, "t": t, "tt_rank": table.rank, "dtype": dtype, "warm_start": warm,
                        "warm_start_error": error}
     return build
 
@@ -83,7 +85,7 @@ def tt_table_builder(num_cores: int = 2, t: int = 2, warm_start: bool = True, wa
 def compress_odrec(teacher_checkpoint: str | Path, dataset: Dataset, budget: str | int, *, num_cores: int = 2,
                    t: int = 2, out_dir: str | Path | None = None, distill: DistillConfig | None = None,
                    train: TrainConfig | None = None, warm_start: bool = True, warm_start_steps: int = 300,
-                   ) -> tuple[SessionRecommender, CompressResult]:
+                   dtype: str = "float32") -> tuple[SessionRecommender, CompressResult]:
     """Compress the teacher at ``teacher_checkpoint`` into an OD-Rec student of at most ``budget`` bytes.
 
     ``budget``: bytes, or text for :func:`~pocketrec.search.budget.parse_budget` (``"3%"`` and ``"30x"`` are
@@ -91,7 +93,7 @@ def compress_odrec(teacher_checkpoint: str | Path, dataset: Dataset, budget: str
     for the checkpoints written and the errors raised (a budget below the smallest TT table: ``ValueError``).
     """
     train = train or TrainConfig()
-    builder = tt_table_builder(num_cores, t, warm_start, warm_start_steps, seed=train.seed)
+    builder = tt_table_builder(num_cores, t, warm_start, warm_start_steps, seed=train.seed, dtype=dtype)
     return distill_to_budget(METHOD, teacher_checkpoint, dataset, budget, builder, out_dir=out_dir,
                              distill=distill, train=train)
 
@@ -102,4 +104,4 @@ def compress_from_config(cfg: ODRecConfig, dataset: Dataset) -> tuple[SessionRec
         raise ValueError("no teacher checkpoint given (--teacher runs/teacher-DATASET/best)")
     return compress_odrec(cfg.teacher, dataset, cfg.budget, num_cores=cfg.num_cores, t=cfg.t,
                           out_dir=cfg.out or None, distill=cfg.distill, train=cfg.train, warm_start=cfg.warm_start,
-                          warm_start_steps=cfg.warm_start_steps)
+                          warm_start_steps=cfg.warm_start_steps, dtype=cfg.dtype)

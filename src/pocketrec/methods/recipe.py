@@ -23,7 +23,7 @@ from pocketrec.config import to_dict
 from pocketrec.data.dataset import Dataset
 from pocketrec.models.session_encoder import SessionRecommender
 from pocketrec.search.budget import parse_budget
-from pocketrec.tables.base import ItemTable
+from pocketrec.tables.base import ItemTable, check_stored_dtype
 from pocketrec.tables.dense import DenseTable
 from pocketrec.train.checkpoint import load_checkpoint
 from pocketrec.train.compat import check_compatible
@@ -45,6 +45,11 @@ class RecipeConfig:
     dataset: str = ""
     budget: str = "3%"
     out: str = ""
+    #: stored precision of the student table's float weights (float16 halves them: more capacity per byte)
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        check_stored_dtype(self.dtype)
 
 
 @dataclass

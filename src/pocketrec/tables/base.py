@@ -27,6 +27,14 @@ import torch
 from torch import Tensor, nn
 
 TABLE_KINDS: dict[str, type[ItemTable]] = {}
+#: Precisions a table's float weights can be stored (exported) at.
+STORED_FLOAT_DTYPES = ("float32", "float16")
+
+
+def check_stored_dtype(dtype: str) -> None:
+    """``ValueError`` unless ``dtype`` is one of :data:`STORED_FLOAT_DTYPES`."""
+    if dtype not in STORED_FLOAT_DTYPES:
+        raise ValueError(f"dtype (the stored precision of the weights) must be float32 or float16, got {dtype!r}")
 
 
 def register_table(cls: type[ItemTable]) -> type[ItemTable]:
@@ -130,6 +138,18 @@ class ItemTable(nn.Module, ABC):
 
     def extra_repr(self) -> str:
         return f"num_items={self.num_items}, dim={self.dim}, nbytes={self.nbytes():,}"
+
+
+def as_stored(weight: Tensor, stored_dtype: str) -> Tensor:
+    """``weight`` rounded to the precision a device stores it at, with gradients passed straight through.
+
+    Tables with a float16 ``stored_dtype`` keep float32 master weights (Adam's small steps would vanish
+    in float16) but compute every lookup from this, so what is trained, validated and tested is exactly
+    what the exported arrays give.
+    """
+    if stored_dtype == "float32":
+        return weight
+    return weight + (weight.to(getattr(torch, stored_dtype)).to(weight.dtype) - weight).detach()
 
 
 def normalise_row_norms(norms: Tensor) -> Tensor:

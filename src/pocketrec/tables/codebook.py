@@ -39,9 +39,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pocketrec.device.bitpack import bits_for, code_dtype, pack_codes, packed_nbytes, unpack_codes
-from pocketrec.tables.base import ItemTable, mask_padding_column, register_table, score_row_blocks
+from pocketrec.tables.base import (
+    ItemTable,
+    as_stored,
+    check_stored_dtype,
+    mask_padding_column,
+    register_table,
+    score_row_blocks,
+)
 
-_FLOAT_DTYPES = ("float32", "float16")
 #: Default bound on ``M`` in the budget solver: more codebooks buy code bits per item (what accuracy follows:
 #: on Tmall at ~40x, 8 codebooks of 64 kept 85% of the teacher's Recall@20, 46 of 4 kept 97%) at the cost of
 #: ``n*M`` gathers per single-query score (the numpy runtime groups codebooks, so ``ceil(M / g)`` in practice).
@@ -296,8 +302,7 @@ class CodebookTable(ItemTable):
             raise ValueError(f"M (number of codebooks) must be >= 1, got {M}")
         if not 2 <= K <= 65536:
             raise ValueError(f"K (codebook size) must be in 2..65536, got {K}")
-        if dtype not in _FLOAT_DTYPES:
-            raise ValueError(f"dtype must be one of {_FLOAT_DTYPES}, got {dtype!r}")
+        check_stored_dtype(dtype)
         self.M = int(M)
         self.K = int(K)
         self.stored_dtype = dtype
@@ -340,10 +345,7 @@ class CodebookTable(ItemTable):
 
     def stored_codebooks(self) -> Tensor:
         """The codebooks at the stored precision (float16 rounding passes gradients straight through)."""
-        books = self.codebooks
-        if self.stored_dtype == "float32":
-            return books
-        return books + (books.to(getattr(torch, self.stored_dtype)).to(books.dtype) - books).detach()
+        return as_stored(self.codebooks, self.stored_dtype)
 
     def forward(self, ids: Tensor) -> Tensor:
         # One fused sum of M codeword lookups per id (embedding_bag: no (ids, M, dim) intermediate, in the

@@ -70,9 +70,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pocketrec.tables.base import ItemTable, normalise_row_norms, register_table, score_row_blocks
-
-_DTYPES = ("float32", "float16")
+from pocketrec.tables.base import (
+    ItemTable,
+    as_stored,
+    check_stored_dtype,
+    normalise_row_norms,
+    register_table,
+    score_row_blocks,
+)
 
 
 # --------------------------------------------------------------------------------------------- factors
@@ -236,7 +241,9 @@ class TTTable(ItemTable):
         t: semi-tensor-product factor (1 = plain TT).
         item_factors, dim_factors: explicit factors; by default :func:`factorize` picks them.
         init_std: standard deviation of the rebuilt rows at initialisation.
-        dtype: stored (exported) precision, ``"float32"`` or ``"float16"``; training is float32.
+        dtype: stored (exported) precision, ``"float32"`` or ``"float16"``; training keeps float32 master
+            cores, but every row is built from the cores rounded to it (straight-through), so training and
+            evaluation see what the device loads.
         chunk_size: about how many item rows ``score``/``full_weight`` rebuild at a time.
     """
 
@@ -246,8 +253,7 @@ class TTTable(ItemTable):
                  item_factors: Sequence[int] | None = None, dim_factors: Sequence[int] | None = None,
                  init_std: float = 0.02, dtype: str = "float32", chunk_size: int = 16384) -> None:
         super().__init__(num_items, dim)
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        check_stored_dtype(dtype)
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         items, dims = _resolve(num_items, dim, rank, num_cores, t, item_factors, dim_factors)
@@ -290,8 +296,7 @@ class TTTable(ItemTable):
                   item_factors: Sequence[int] | None = None, dim_factors: Sequence[int] | None = None,
                   dtype: str = "float32") -> int:
         """Exact exported bytes of a TT table without building it."""
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        check_stored_dtype(dtype)
         count = TTTable.param_count(num_items, dim, rank, num_cores, t, item_factors, dim_factors)
         return count * np.dtype(dtype).itemsize
 
@@ -321,11 +326,16 @@ class TTTable(ItemTable):
         out = torch.einsum("naps,pnqr->naqsr", s4, core[:, idx])
         return out.reshape(n, width * core.shape[2] * t, core.shape[3])
 
+    def stored_cores(self) -> list[Tensor]:
+        """The cores at the stored precision (float16 rounding passes gradients straight through)."""
+        return [as_stored(core, self.stored_dtype) for core in self.cores]
+
     def _rows_of(self, flat_ids: Tensor) -> Tensor:
         """Rows ``(n, dim)`` of a 1-d id tensor, built from each id's own core slices."""
         digits = self.digits(flat_ids)
-        state = self.cores[0][0, digits[0]]  # (n, J_1, R_1)
-        for core, idx in zip(self.cores[1:], digits[1:], strict=True):
+        cores = self.stored_cores()
+        state = cores[0][0, digits[0]]  # (n, J_1, R_1)
+        for core, idx in zip(cores[1:], digits[1:], strict=True):
             state = self._step(state, core, idx)
         return state.reshape(flat_ids.shape[0], self.dim)
 
@@ -338,10 +348,11 @@ class TTTable(ItemTable):
         per_first = self.strides[0]
         step = max(1, (chunk_size or self.chunk_size) // per_first)
         firsts = -(-self.num_rows // per_first)
+        cores = self.stored_cores()
         for lo in range(0, firsts, step):
             hi = min(lo + step, firsts)
-            state = self.cores[0][0, lo:hi]  # (hi - lo, J_1, R_1)
-            for core in self.cores[1:]:
+            state = cores[0][0, lo:hi]  # (hi - lo, J_1, R_1)
+            for core in cores[1:]:
                 state = self._step(state, core, None)
             start, stop = lo * per_first, min(hi * per_first, self.num_rows)
             yield start, stop, state.reshape(-1, self.dim)[: stop - start]
