@@ -94,6 +94,26 @@ def test_gradient_reaches_codebooks_through_score(path: str) -> None:
     torch.testing.assert_close(grad_score, table.codebooks.grad)
 
 
+@pytest.mark.parametrize("K", [4, 16, 64])
+def test_codeword_sum_matches_explicit_lookups_and_gradients(K: int, monkeypatch) -> None:
+    from pocketrec.tables import codebook
+    from pocketrec.tables.codebook import codeword_sum
+
+    monkeypatch.setattr(codebook, "ONE_HOT_BLOCK", 1000)  # several one-hot blocks, the last one partial
+    gen = torch.Generator().manual_seed(K)
+    M, n, d = 5, 3001, 6
+    books = torch.randn(M * K, d, dtype=torch.float64, generator=gen, requires_grad=True)
+    flat = torch.randint(K, (n, M), generator=gen) + torch.arange(M) * K
+    grad = torch.randn(n, d, dtype=torch.float64, generator=gen)
+    rows = codeword_sum(flat, books, K)
+    rows.backward(grad)
+    expected_books = books.detach().clone().requires_grad_(True)
+    expected = torch.nn.functional.embedding(flat, expected_books).sum(-2)
+    expected.backward(grad)
+    torch.testing.assert_close(rows, expected)
+    torch.testing.assert_close(books.grad, expected_books.grad)
+
+
 def test_both_score_paths_agree_and_the_default_switches_on_batch_size() -> None:
     table = make(M=4, K=16)
     rows = explicit_rows(table)
