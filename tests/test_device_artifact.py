@@ -53,8 +53,9 @@ def trained_models(out: str = "", data=None) -> tuple[object, dict[str, SessionR
         "dense": teacher,
         "tt": with_table(teacher, tt),
         "codebook": with_table(teacher, CodebookTable.from_vectors(weight, M=2, K=16, iters=5)),
+        # EODRec's default layout: bit-packed codes, float16 codebooks
         "codebook_packed": with_table(teacher, CodebookTable.from_vectors(weight, M=3, K=16, iters=5,
-                                                                          bitpack=True)),
+                                                                          bitpack=True, dtype="float16")),
         "int8": with_table(teacher, QuantizedTable.from_rows(weight, bits=8)),
         "int4": with_table(teacher, QuantizedTable.from_rows(weight, bits=4)),
     }
