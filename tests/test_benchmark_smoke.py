@@ -24,3 +24,13 @@ def test_compress_benchmark_quick(method, tmp_path):
         if row[1] != "dense-small":
             assert float(row[4]) > 60.0  # Recall@20 %; 60 items, so a random ranker gets ~33%
     assert not (ROOT / "benchmarks" / "results" / f"{method}-quick.json").exists()
+
+
+def test_codebook_rows_benchmark_times_every_implementation(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "codebook_rows.py"), "--items", "3000",
+                           "--layouts", "8x4,2x64", "--repeats", "1", "--dry-run"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in proc.stdout.splitlines() if ln.startswith("| 3,000")]
+    assert [r[2] for r in rows] == ["8x4", "2x64"]
+    assert all(float(v) > 0 for r in rows for v in r[3:])
