@@ -113,8 +113,9 @@ def codebook_table_builder(M: int = 0, K: int = 0, bitpack: bool = True,
 def codebook_table_for_budget(num_items: int, dim: int, budget_bytes: int, seed: int = 0) -> CodebookTable:
     """A fresh (random) codebook table in the recipe's default layout for a budget: the EODRec table of the
     speed and memory benchmarks, which do not depend on trained weights."""
-    return CodebookTable.for_budget(num_items, dim, budget_bytes, dtype=DEFAULT_DTYPE, bitpack=True,
-                                    max_codebooks=DEFAULT_MAX_CODEBOOKS, seed=seed)
+    defaults = EODRecConfig()  # the layout keys' one source: dtype, bitpack, max_codebooks
+    return CodebookTable.for_budget(num_items, dim, budget_bytes, dtype=defaults.dtype, bitpack=defaults.bitpack,
+                                    max_codebooks=defaults.max_codebooks, seed=seed)
 
 
 def compress_eodrec(teacher_checkpoint: str | Path, dataset: Dataset, budget: str | int, *, M: int = 0, K: int = 0,
