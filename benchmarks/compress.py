@@ -184,9 +184,16 @@ def main() -> None:
             if not args.quick:  # keyed by teacher too: runs from another teacher keep their own rows
                 write_rows(method, done, merge_key=("dataset", "method", "teacher"))
         rows += done
+    teachers = {(r["dataset"], r["teacher"]): r for r in rows if r["method"] == "teacher"}
+
+    def of_teacher(r: dict, key: str) -> str:
+        base = teachers[(r["dataset"], r["teacher"])][key]
+        return f"{100 * r[key] / base:.1f}%" if base and r[key] is not None else ""
+
     table = [{"dataset": r["dataset"], "method": r["method"], "table bytes": r["table_bytes"],
               "ratio": f"{r['ratio']:.1f}x", "Recall@20 %": 100 * (r["recall@20"] or 0.0),
               "MRR@20 %": 100 * (r["mrr@20"] or 0.0), "NDCG@20 %": 100 * (r["ndcg@20"] or 0.0),
+              "of teacher R / MRR": f"{of_teacher(r, 'recall@20')} / {of_teacher(r, 'mrr@20')}",
               "epoch s": r.get("epoch_seconds", "")} for r in rows]
     print_table(table, list(table[0]))
 

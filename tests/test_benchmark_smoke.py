@@ -19,6 +19,10 @@ def test_compress_benchmark_quick(method, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in proc.stdout.splitlines() if ln.startswith("| synthetic")]
     assert [r[1] for r in rows] == ["teacher", *SUBSETS[method]]
+    assert rows[0][7] == "100.0% / 100.0%"  # share of the teacher's Recall@20 / MRR@20
+    for row in rows[1:]:
+        share = float(row[7].split("%")[0])
+        assert abs(share - 100 * float(row[4]) / float(rows[0][4])) < 0.2
     for row in rows[1:]:
         assert float(row[3].rstrip("x")) >= 3.9  # the 4x budget is met
         if row[1] != "dense-small":
