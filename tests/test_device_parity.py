@@ -104,7 +104,7 @@ def check_parity(setup, kind: str) -> None:
         assert_same_ranking(o_ids, o_scores, p_ids, p_scores)
 
 
-@pytest.mark.parametrize("readout,normalize", [("last", False), ("attention", False), ("hybrid", True)])
+@pytest.mark.parametrize("readout,normalize", [("last", False), ("attention", False), ("hybrid", True), ("item", True)])
 def test_encoder_variants(setup, readout, normalize):
     """Last-position, mean- and last-queried (hybrid) readouts, dot-product and cosine scores, two layers and
     two heads (untrained)."""

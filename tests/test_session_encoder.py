@@ -8,7 +8,7 @@ from pocketrec.models import EncoderConfig, SessionRecommender
 from pocketrec.tables import DenseTable
 
 
-@pytest.mark.parametrize("readout", ["attention", "hybrid", "last"])
+@pytest.mark.parametrize("readout", ["attention", "hybrid", "item", "last"])
 def test_whole_session_pass_equals_prefix_expansion(readout):
     """One pass over a session gives the same query for every prefix as encoding that prefix alone."""
     torch.manual_seed(0)

@@ -79,6 +79,8 @@ class NumpyEncoder:
             needed += ["readout.w1.weight", "readout.w1.bias", "readout.w2.weight", "readout.v.weight"]
         if self.readout == "hybrid":
             needed.append("readout.w3.weight")
+        if self.readout == "item":
+            needed.append("readout.v.weight")
         missing = [n for n in needed if n not in self.w]
         if missing:
             raise ValueError(f"encoder weights are missing {missing[:3]}")
@@ -113,8 +115,12 @@ class NumpyEncoder:
 
     def encode(self, item_rows: np.ndarray) -> np.ndarray:
         """The query vector ``(d,)`` of one session given its item rows ``(L, d)``."""
-        h = self.hidden(np.asarray(item_rows, dtype=np.float32))
-        if self.readout in ("attention", "hybrid"):
+        item_rows = np.asarray(item_rows, dtype=np.float32)
+        h = self.hidden(item_rows)
+        if self.readout == "item":
+            alpha = _softmax(self._linear(h, "readout.v", bias=False)[:, 0])
+            z = alpha @ item_rows
+        elif self.readout in ("attention", "hybrid"):
             query = h.mean(0) if self.readout == "attention" else h[-1]
             gate = _sigmoid(self._linear(np.tanh(h), "readout.w1") + query @ self.w["readout.w2.weight"].T)
             beta = gate @ self.w["readout.v.weight"].T  # (L, 1)

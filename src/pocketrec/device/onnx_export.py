@@ -111,7 +111,7 @@ class _OnnxRecommender(nn.Module):
         h = self.input_norm(rows + self.positions.weight[:length].unsqueeze(0))
         for layer in self.layers:
             h = layer(h)
-        z = self.readout.pool(h, mask) if self.readout is not None else last_positions(h, mask)
+        z = self.readout.pool(h, mask, rows) if self.readout is not None else last_positions(h, mask)
         if self.config.normalize:
             z = F.normalize(z, dim=-1) * self.config.scale
         scores = self._scores(z, weight)

@@ -20,7 +20,10 @@ Recipe (METHODS.md §2), through the shared :func:`~pocketrec.methods.recipe.dis
    train with the distillation loss: teacher -> student KL, the hot/cold recombination InfoNCE in both
    directions (``DistillConfig.bidirectional``, on by default here), no predictive term (the authors
    define it but leave it out), and optionally the teacher learning from the student
-   (``DistillConfig.teacher_lr > 0``, off by default; see :mod:`pocketrec.train.distill`).
+   (``DistillConfig.teacher_lr > 0``, off by default; see :mod:`pocketrec.train.distill`);
+4. optionally (``code_refresh.every > 0``, off by default) the codes keep moving in phase 2: every
+   ``every`` steps each item's codes take a proximal step along its row's loss gradient
+   (:mod:`pocketrec.train.code_refresh`).
 
 What differs from the authors' code (METHODS.md §2.7), on purpose: the student is truly compressed (no
 ``(1 - η)`` share of the teacher table, ever); codes are stored as integers (uint8/uint16 or bit-packed)
@@ -31,14 +34,19 @@ selection on validation, test at the chosen epoch.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from pocketrec.data.dataset import Dataset
 from pocketrec.methods.recipe import CompressResult, RecipeConfig, distill_to_budget, teacher_rows
 from pocketrec.models.session_encoder import SessionRecommender
+from pocketrec.tables.base import ItemTable
 from pocketrec.tables.codebook import DEFAULT_MAX_CODEBOOKS, CodebookTable
+from pocketrec.train.code_refresh import CodeRefreshConfig, CodeRefresher
 from pocketrec.train.codes import learn_codes_with_report
 from pocketrec.train.distill import DistillConfig
 from pocketrec.train.trainer import TrainConfig
@@ -61,7 +69,7 @@ class EODRecConfig(RecipeConfig):
     ``M``/``K`` (0: chosen by the budget solver), ``bitpack`` (codes at ``ceil(log2 K)`` bits), ``dtype``
     (stored precision of the codebooks: ``float16`` halves their bytes, leaving more for codes),
     ``max_codebooks`` (bounds the ``n x M`` gather of a score), ``codes`` (see the module docstring),
-    ``code_epochs`` (autoencoder epochs).
+    ``code_epochs`` (autoencoder epochs), ``code_refresh`` (codes re-assigned during distillation; off).
     """
 
     budget: str = "2.5%"
@@ -72,6 +80,7 @@ class EODRecConfig(RecipeConfig):
     max_codebooks: int = DEFAULT_MAX_CODEBOOKS
     codes: str = "learned"
     code_epochs: int = 10
+    code_refresh: CodeRefreshConfig = field(default_factory=CodeRefreshConfig)
     distill: DistillConfig = field(default_factory=eodrec_distill_defaults)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -121,18 +130,29 @@ def codebook_table_for_budget(num_items: int, dim: int, budget_bytes: int, seed:
 def compress_eodrec(teacher_checkpoint: str | Path, dataset: Dataset, budget: str | int, *, M: int = 0, K: int = 0,
                     bitpack: bool = True, max_codebooks: int = DEFAULT_MAX_CODEBOOKS, codes: str = "learned",
                     code_epochs: int = 10, dtype: str = DEFAULT_DTYPE, out_dir: str | Path | None = None,
-                    distill: DistillConfig | None = None,
-                    train: TrainConfig | None = None) -> tuple[SessionRecommender, CompressResult]:
+                    distill: DistillConfig | None = None, train: TrainConfig | None = None,
+                    code_refresh: CodeRefreshConfig | None = None) -> tuple[SessionRecommender, CompressResult]:
     """Compress the teacher at ``teacher_checkpoint`` into an EODRec student of at most ``budget`` bytes.
 
     ``budget`` as for :func:`~pocketrec.methods.odrec.compress_odrec` (default ratio 2.5% = 40x). See
     :func:`~pocketrec.methods.recipe.distill_to_budget` for the checkpoints written and errors raised.
     """
     train = train or TrainConfig()
-    builder = codebook_table_builder(M, K, bitpack, max_codebooks, codes, code_epochs, seed=train.seed,
-                                     dtype=dtype)
+    refresh = code_refresh or CodeRefreshConfig()
+    base_builder = codebook_table_builder(M, K, bitpack, max_codebooks, codes, code_epochs, seed=train.seed,
+                                          dtype=dtype)
+
+    def builder(teacher: SessionRecommender, budget_bytes: int) -> tuple[ItemTable, dict]:
+        table, meta = base_builder(teacher, budget_bytes)
+        return table, {**meta, "code_refresh": {"every": refresh.every, "trust": refresh.trust}}
+
+    def step_hook(table: ItemTable) -> CodeRefresher | None:
+        if not refresh.every:
+            return None
+        return CodeRefresher(table, refresh, log=lambda msg: tqdm.write(msg, file=sys.stderr))
+
     return distill_to_budget(METHOD, teacher_checkpoint, dataset, budget, builder, out_dir=out_dir,
-                             distill=distill or eodrec_distill_defaults(), train=train)
+                             distill=distill or eodrec_distill_defaults(), train=train, step_hook=step_hook)
 
 
 def compress_from_config(cfg: EODRecConfig, dataset: Dataset) -> tuple[SessionRecommender, CompressResult]:
@@ -141,4 +161,5 @@ def compress_from_config(cfg: EODRecConfig, dataset: Dataset) -> tuple[SessionRe
         raise ValueError("no teacher checkpoint given (--teacher runs/teacher-DATASET/best)")
     return compress_eodrec(cfg.teacher, dataset, cfg.budget, M=cfg.M, K=cfg.K, bitpack=cfg.bitpack,
                            max_codebooks=cfg.max_codebooks, codes=cfg.codes, code_epochs=cfg.code_epochs,
-                           dtype=cfg.dtype, out_dir=cfg.out or None, distill=cfg.distill, train=cfg.train)
+                           dtype=cfg.dtype, out_dir=cfg.out or None, distill=cfg.distill, train=cfg.train,
+                           code_refresh=cfg.code_refresh)

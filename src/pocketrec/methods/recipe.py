@@ -35,6 +35,8 @@ from pocketrec.train.trainer import FitResult, TrainConfig, seed_everything
 #: ``builder(teacher, budget_bytes) -> (table, meta)``: the method's item table within the budget, and
 #: what to record about it in the student's checkpoint.
 TableBuilder = Callable[[SessionRecommender, int], tuple[ItemTable, dict[str, Any]]]
+#: ``factory(table) -> on_step``: a per-step training hook for the built table (e.g. a code refresher), or None.
+StepHookFactory = Callable[[ItemTable], Callable[[int], None] | None]
 
 
 @dataclass
@@ -70,8 +72,12 @@ class CompressResult:
 def distill_to_budget(method: str, teacher_checkpoint: str | Path, dataset: Dataset, budget: str | int,
                       build_table: TableBuilder, *, out_dir: str | Path | None = None,
                       distill: DistillConfig | None = None, train: TrainConfig | None = None,
+                      step_hook: StepHookFactory | None = None,
                       ) -> tuple[SessionRecommender, CompressResult]:
     """Run the shared recipe (module docstring) for ``method``; returns the best student and its result.
+
+    ``step_hook(table)`` may return a hook the trainer calls after every optimiser step; if it has a
+    ``close()``, that runs when training ends.
 
     ``out_dir`` gets ``best/`` and ``last/`` student checkpoints (meta: ``method``, the teacher path,
     ``table_bytes``, ``dense_table_bytes``, ``ratio`` and the builder's meta). A teacher of another dataset
@@ -96,7 +102,13 @@ def distill_to_budget(method: str, teacher_checkpoint: str | Path, dataset: Data
             "teacher_test": teacher_meta.get("test"), "table_bytes": table_bytes, "dense_table_bytes": dense_bytes,
             "ratio": dense_bytes / table_bytes, "budget_bytes": budget_bytes, **table_meta,
             "distill": to_dict(distill)}
-    fit = run_training(student, dataset, train, out_dir, loss, meta, parameters=loss.param_groups(train.lr))
+    on_step = step_hook(table) if step_hook is not None else None
+    try:
+        fit = run_training(student, dataset, train, out_dir, loss, meta, parameters=loss.param_groups(train.lr),
+                           on_step=on_step)
+    finally:
+        if on_step is not None and hasattr(on_step, "close"):
+            on_step.close()
     return student, CompressResult(fit=fit, test=fit.history[-1]["test"], table_bytes=table_bytes,
                                    dense_table_bytes=dense_bytes, meta=meta)
 

@@ -15,7 +15,11 @@ over the session. Differences from the authors' code, on purpose:
 * weights start from N(0, 0.02) (BERT) rather than U(-0.1, 0.1);
 * an optional ``hybrid`` readout (SR-GNN's): the attention is queried by the *last* position instead of
   the mean and the output is ``W3 [z; h_last]``. With learned absolute positions, the method's mean-queried
-  readout has no way to tell which position is the last one, the strongest signal in short sessions.
+  readout has no way to tell which position is the last one, the strongest signal in short sessions;
+* an optional ``item`` readout (CORE: Hou et al., "CORE: Simple and Effective Session-based
+  Recommendation within Consistent Representation Space", SIGIR 2022): softmax weights from the
+  Transformer's states pool the session's *input item vectors*, so the query is a convex combination of
+  item vectors and lives in the space the catalogue is scored in.
 
 A recommender is this encoder plus an item table (:mod:`pocketrec.tables`); the table gives both the
 input vectors and the catalogue scores, so a compressed table replaces the dense one everywhere.
@@ -32,7 +36,7 @@ from torch import Tensor, nn
 
 from pocketrec.tables.base import ItemTable, normalise_row_norms
 
-READOUTS = ("attention", "hybrid", "last")
+READOUTS = ("attention", "hybrid", "item", "last")
 
 
 @dataclass
@@ -126,13 +130,14 @@ class AttentionReadout(nn.Module):
         beta = beta.masked_fill(~torch.ones(length, length, dtype=torch.bool, device=h.device).tril(), 0.0)
         return beta @ h
 
-    def pool(self, h: Tensor, mask: Tensor) -> Tensor:
-        """``h (B, L, d)``, ``mask (B, L)`` bool -> ``(B, d)``; rows with an empty mask give zeros."""
+    def pool(self, h: Tensor, mask: Tensor, items: Tensor | None = None) -> Tensor:
+        """``h (B, L, d)``, ``mask (B, L)`` bool -> ``(B, d)``; rows with an empty mask give zeros.
+        ``items`` (the input item vectors) is read by :class:`ItemReadout` only."""
         m = mask.unsqueeze(-1).to(h.dtype)
         mean = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
         return self._attend(h, mask, mean)
 
-    def pool_prefixes(self, h: Tensor) -> Tensor:
+    def pool_prefixes(self, h: Tensor, items: Tensor | None = None) -> Tensor:
         """``h (B, L, d)`` -> ``(B, L, d)``: row ``k`` is the readout of ``h[:, :k+1]``."""
         counts = torch.arange(1, h.shape[1] + 1, device=h.device, dtype=h.dtype).view(1, -1, 1)
         return self._attend_prefixes(h, h.cumsum(1) / counts)
@@ -145,12 +150,37 @@ class HybridReadout(AttentionReadout):
         super().__init__(dim)
         self.w3 = nn.Linear(2 * dim, dim, bias=False)
 
-    def pool(self, h: Tensor, mask: Tensor) -> Tensor:
+    def pool(self, h: Tensor, mask: Tensor, items: Tensor | None = None) -> Tensor:
         last = last_positions(h, mask)
         return self.w3(torch.cat([self._attend(h, mask, last), last], dim=-1))
 
-    def pool_prefixes(self, h: Tensor) -> Tensor:
+    def pool_prefixes(self, h: Tensor, items: Tensor | None = None) -> Tensor:
         return self.w3(torch.cat([self._attend_prefixes(h, h), h], dim=-1))
+
+
+class ItemReadout(nn.Module):
+    """CORE's readout: ``alpha = softmax_t(v . h_t)`` over the session, ``z = sum_t alpha_t x_t`` with
+    ``x_t`` the input item vectors (not the Transformer's states)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.v = nn.Linear(dim, 1, bias=False)
+
+    def pool(self, h: Tensor, mask: Tensor, items: Tensor | None = None) -> Tensor:
+        if items is None:
+            raise ValueError("the item readout pools the input item vectors: pass items")
+        logits = self.v(h).squeeze(-1).masked_fill(~mask, torch.finfo(h.dtype).min)
+        alpha = torch.softmax(logits, dim=-1) * mask.to(h.dtype)  # empty rows: all zeros
+        return (alpha.unsqueeze(-1) * items).sum(1)
+
+    def pool_prefixes(self, h: Tensor, items: Tensor | None = None) -> Tensor:
+        if items is None:
+            raise ValueError("the item readout pools the input item vectors: pass items")
+        length = h.shape[1]
+        later = torch.ones(length, length, dtype=torch.bool, device=h.device).triu(1)
+        logits = self.v(h).squeeze(-1).unsqueeze(1).expand(-1, length, -1)  # (B, L_k, L_t)
+        alpha = torch.softmax(logits.masked_fill(later, torch.finfo(h.dtype).min), dim=-1)
+        return alpha @ items
 
 
 class SessionRecommender(nn.Module):
@@ -166,7 +196,7 @@ class SessionRecommender(nn.Module):
         self.input_norm = nn.LayerNorm(config.dim, eps=1e-12)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.layers))
-        readouts = {"attention": AttentionReadout, "hybrid": HybridReadout}
+        readouts = {"attention": AttentionReadout, "hybrid": HybridReadout, "item": ItemReadout}
         self.readout = readouts[config.readout](config.dim) if config.readout in readouts else None
         self._init_weights()
 
@@ -189,30 +219,35 @@ class SessionRecommender(nn.Module):
 
     def hidden(self, inputs: Tensor) -> Tensor:
         """Contextual vectors ``(B, L, d)`` of right-padded ``inputs (B, L)``."""
+        return self._states(inputs)[1]
+
+    def _states(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """``(item vectors, contextual vectors)``, both ``(B, L, d)``, of right-padded ``inputs (B, L)``."""
         length = inputs.shape[1]
         if length > self.config.max_len:
             raise ValueError(f"input length {length} exceeds max_len={self.config.max_len}; "
                              "truncate to the most recent items")
         pos = self.positions.weight[:length].unsqueeze(0)
-        h = self.dropout(self.input_norm(self.table(inputs) + pos))
+        items = self.table(inputs)
+        h = self.dropout(self.input_norm(items + pos))
         for layer in self.layers:
             h = layer(h)
-        return h
+        return items, h
 
     def _finish(self, z: Tensor) -> Tensor:
         return F.normalize(z, dim=-1) * self.config.scale if self.config.normalize else z
 
     def prefix_queries(self, inputs: Tensor) -> Tensor:
         """Query vectors ``(B, L, d)`` for every prefix: row ``t`` encodes ``inputs[:, :t+1]``."""
-        h = self.hidden(inputs)
-        z = self.readout.pool_prefixes(h) if self.readout is not None else h
+        items, h = self._states(inputs)
+        z = self.readout.pool_prefixes(h, items) if self.readout is not None else h
         return self._finish(z)
 
     def encode(self, inputs: Tensor) -> Tensor:
         """Query vectors ``(B, d)`` of whole sessions (right-padded, at least one item each)."""
-        h = self.hidden(inputs)
+        items, h = self._states(inputs)
         mask = inputs != 0
-        z = self.readout.pool(h, mask) if self.readout is not None else last_positions(h, mask)
+        z = self.readout.pool(h, mask, items) if self.readout is not None else last_positions(h, mask)
         return self._finish(z)
 
     def item_scores(self, queries: Tensor) -> Tensor:

@@ -222,6 +222,21 @@ def fit_codebooks(x: Tensor, codes: Tensor, K: int, *, ridge: float = 1e-6) -> T
     return solution.view(M, K, d).to(x.dtype)
 
 
+def reassign_codes(x: Tensor, codebooks: Tensor, codes: Tensor, *, chunk_size: int | None = None) -> Tensor:
+    """One round of iterated conditional modes with the codebooks fixed: each codebook ``m`` in turn gives
+    every item the codeword nearest to its residual ``x - sum_{m' != m} codeword``. The current code is
+    among the candidates, so no item's error ``|x_i - e_i|`` grows. Returns new codes ``(n, M)`` (long)."""
+    books = codebooks.detach().to(x.dtype)
+    codes = codes.to(device=x.device, dtype=torch.long).clone()
+    recon = reconstruct(books, codes)
+    for m in range(books.shape[0]):
+        partial = recon - books[m].index_select(0, codes[:, m])
+        assign, _ = nearest_centroids(x - partial, books[m], chunk_size)
+        codes[:, m] = assign
+        recon = partial + books[m].index_select(0, assign)
+    return codes
+
+
 def icm_refine(x: Tensor, codebooks: Tensor, codes: Tensor, *, iters: int = 3,
                chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
     """Alternating refinement of an additive quantiser (as in additive quantisation, Babenko & Lempitsky
@@ -236,13 +251,7 @@ def icm_refine(x: Tensor, codebooks: Tensor, codes: Tensor, *, iters: int = 3,
     books = codebooks.detach().to(x.dtype).clone()
     best = reconstruction_mse(x, books, codes)
     for _ in range(iters):
-        new_codes = codes.clone()
-        recon = reconstruct(books, new_codes)
-        for m in range(M):
-            partial = recon - books[m].index_select(0, new_codes[:, m])
-            assign, _ = nearest_centroids(x - partial, books[m], chunk_size)
-            new_codes[:, m] = assign
-            recon = partial + books[m].index_select(0, assign)
+        new_codes = reassign_codes(x, books, codes, chunk_size=chunk_size)
         new_books = fit_codebooks(x, new_codes, K) if M * K <= 8192 else books
         err = reconstruction_mse(x, new_books, new_codes)
         if err >= best:
@@ -352,6 +361,8 @@ class CodebookTable(ItemTable):
         self.register_buffer("codes", torch.zeros(self.num_rows, self.M, dtype=torch.long))
         offsets = torch.arange(self.M, dtype=torch.long) * self.K
         self.register_buffer("code_offsets", offsets, persistent=False)
+        #: Training-time sum of d(loss)/d(row) per id (see :meth:`track_row_gradients`); never saved.
+        self.row_gradients: Tensor | None = None
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         with torch.no_grad():
             self.codebooks.copy_(torch.randn(self.M, self.K, dim, generator=gen) * (init_std / math.sqrt(M)))
@@ -393,6 +404,13 @@ class CodebookTable(ItemTable):
         flat = (self.codes[ids] + self.code_offsets).reshape(-1, self.M)
         books = self.stored_codebooks().reshape(self.M * self.K, self.dim)
         vectors = codeword_sum(flat, books, self.K).reshape(*ids.shape, self.dim)
+        if self.row_gradients is not None and vectors.requires_grad:
+            sink, flat_ids = self.row_gradients, ids.reshape(-1)
+
+            def add_row_gradients(grad: Tensor) -> None:
+                sink.index_add_(0, flat_ids, grad.reshape(-1, sink.shape[1]))
+
+            vectors.register_hook(add_row_gradients)
         return vectors * (ids != 0).unsqueeze(-1).to(vectors.dtype)
 
     def _row_blocks(self) -> Iterator[tuple[int, int, Tensor]]:
@@ -471,6 +489,38 @@ class CodebookTable(ItemTable):
         with torch.no_grad():
             self.codes[0].zero_()
             self.codes[1:] = codes
+
+    # ---- code refresh during training ---------------------------------------------------------------
+
+    def track_row_gradients(self, on: bool = True) -> None:
+        """Start (or stop) summing the loss gradient of every item's row into :attr:`row_gradients`
+        ``(num_items + 1, dim)``, through every differentiable :meth:`forward` (input lookups and the
+        catalogue rows alike). A training-time buffer: not a parameter, not saved, not exported."""
+        self.row_gradients = torch.zeros(self.num_rows, self.dim, device=self.codes.device) if on else None
+
+    def refresh_codes(self, step: float) -> dict[str, float]:
+        """A proximal step on the discrete codes: re-assign every item's codes (one ICM round,
+        :func:`reassign_codes`, codebooks fixed at their stored precision) to the point
+        ``e_i - step * g_i``, ``g_i`` the row gradient summed since the last refresh, then reset the sums.
+
+        Minimising ``|e_i - step * g_i - e(c)|^2`` over codes ``c`` is minimising the linearised loss
+        ``g_i . (e(c) - e_i)`` plus ``|e(c) - e_i|^2 / (2 step)``: codes move where the loss pushes the
+        item's vector, and an item the loss leaves alone keeps its codes. Returns the fraction of codes
+        and of items that changed and the mean step length.
+        """
+        if self.row_gradients is None:
+            raise RuntimeError("refresh_codes needs track_row_gradients() first")
+        with torch.no_grad():
+            books = self.stored_codebooks().detach().float()
+            old = self.codes[1:].clone()
+            rows = reconstruct(books, old)
+            moves = step * self.row_gradients[1:]
+            new = reassign_codes(rows - moves, books, old)
+            changed = new != old
+            self.set_codes(new)
+            self.row_gradients.zero_()
+        return {"codes_changed": float(changed.float().mean()), "items_changed": float(changed.any(1).float().mean()),
+                "step_norm": float(moves.norm(dim=1).mean())}
 
     # ---- export -----------------------------------------------------------------------------------
 

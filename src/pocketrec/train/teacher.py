@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,8 @@ def ce_loss(model: SessionRecommender):
 
 def run_training(model: SessionRecommender, dataset: Dataset, train_cfg: TrainConfig, out_dir: str | Path | None,
                  loss_fn, meta: dict[str, Any], resume: bool = False,
-                 parameters: list[dict[str, Any]] | None = None) -> FitResult:
+                 parameters: list[dict[str, Any]] | None = None,
+                 on_step: Callable[[int], None] | None = None) -> FitResult:
     """Fit ``model`` with ``loss_fn``, selecting on validation; writes ``best/`` and ``last/`` checkpoints.
 
     Shared by the teacher and by every compression recipe. The test split is evaluated once, at the
@@ -92,7 +94,7 @@ def run_training(model: SessionRecommender, dataset: Dataset, train_cfg: TrainCo
 
     seed_everything(train_cfg.seed)
     result = fit(model, dataset.train, loss_fn, validate, train_cfg, max_len, parameters=parameters,
-                 on_epoch_end=on_epoch_end, resume=restore)
+                 on_epoch_end=on_epoch_end, resume=restore, on_step=on_step)
     test = evaluate(model, dataset.test, batch_size=train_cfg.eval_batch_size, desc="test")
     result.history.append({"test": test})
     if best_dir is not None:

@@ -88,6 +88,7 @@ def fit(model: nn.Module, train: SequenceSplit, loss_fn: LossFn, validate: Calla
         config: TrainConfig, max_len: int, *, parameters: list[dict[str, Any]] | None = None,
         on_epoch_end: Callable[[int, dict[str, Any], bool, torch.optim.Optimizer], None] | None = None,
         resume: Callable[[torch.optim.Optimizer], dict[str, Any] | None] | None = None,
+        on_step: Callable[[int], None] | None = None,
         log: Callable[[str], None] | None = None) -> FitResult:
     """Train ``model`` and leave it holding its best-on-validation weights.
 
@@ -95,6 +96,7 @@ def fit(model: nn.Module, train: SequenceSplit, loss_fn: LossFn, validate: Calla
     ``on_epoch_end(epoch, record, is_best, optimizer)`` is where callers write checkpoints.
     ``resume(optimizer)`` may restore a previous run and return its saved trainer state
     (``{"epoch", "history", "best_epoch", "best_valid", "bad_epochs"}``).
+    ``on_step(step)`` runs after every optimiser step, ``step`` counting from 1 over the whole run.
     """
     reuse_large_allocations()
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
@@ -134,6 +136,8 @@ def fit(model: nn.Module, train: SequenceSplit, loss_fn: LossFn, validate: Calla
             if config.max_grad_norm > 0:
                 nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], config.max_grad_norm)
             optimizer.step()
+            if on_step is not None:
+                on_step(epoch * steps + step)
             for name, value in {"loss": loss.item(), **parts}.items():
                 totals[name] = totals.get(name, 0.0) + value
             if step % 20 == 0:
