@@ -96,6 +96,12 @@ class TransformerLayer(nn.Module):
         return self.norm2(x + self.dropout(self.ff2(F.gelu(self.ff1(x)))))
 
 
+def later_positions(length: int, device: torch.device) -> Tensor:
+    """``(length, length)`` bool, True where position ``t`` comes after the prefix end ``k`` (``t > k``):
+    what a prefix readout must not see."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
+
+
 def last_positions(h: Tensor, mask: Tensor) -> Tensor:
     """``h (B, L, d)`` at each row's last real position (``mask (B, L)``, right-padded) -> ``(B, d)``."""
     last = (mask.sum(1) - 1).clamp_min(0)
@@ -127,7 +133,7 @@ class AttentionReadout(nn.Module):
         keys = self.w1(torch.tanh(h))  # (B, L_t, d)
         gates = torch.sigmoid(keys.unsqueeze(1) + self.w2(queries).unsqueeze(2))  # (B, L_k, L_t, d)
         beta = self.v(gates).squeeze(-1)  # (B, L_k, L_t)
-        beta = beta.masked_fill(~torch.ones(length, length, dtype=torch.bool, device=h.device).tril(), 0.0)
+        beta = beta.masked_fill(later_positions(length, h.device), 0.0)
         return beta @ h
 
     def pool(self, h: Tensor, mask: Tensor, items: Tensor | None = None) -> Tensor:
@@ -166,20 +172,23 @@ class ItemReadout(nn.Module):
         super().__init__()
         self.v = nn.Linear(dim, 1, bias=False)
 
-    def pool(self, h: Tensor, mask: Tensor, items: Tensor | None = None) -> Tensor:
+    @staticmethod
+    def _required(items: Tensor | None) -> Tensor:
         if items is None:
             raise ValueError("the item readout pools the input item vectors: pass items")
+        return items
+
+    def pool(self, h: Tensor, mask: Tensor, items: Tensor | None = None) -> Tensor:
+        items = self._required(items)
         logits = self.v(h).squeeze(-1).masked_fill(~mask, torch.finfo(h.dtype).min)
         alpha = torch.softmax(logits, dim=-1) * mask.to(h.dtype)  # empty rows: all zeros
         return (alpha.unsqueeze(-1) * items).sum(1)
 
     def pool_prefixes(self, h: Tensor, items: Tensor | None = None) -> Tensor:
-        if items is None:
-            raise ValueError("the item readout pools the input item vectors: pass items")
+        items = self._required(items)
         length = h.shape[1]
-        later = torch.ones(length, length, dtype=torch.bool, device=h.device).triu(1)
         logits = self.v(h).squeeze(-1).unsqueeze(1).expand(-1, length, -1)  # (B, L_k, L_t)
-        alpha = torch.softmax(logits.masked_fill(later, torch.finfo(h.dtype).min), dim=-1)
+        alpha = torch.softmax(logits.masked_fill(later_positions(length, h.device), torch.finfo(h.dtype).min), dim=-1)
         return alpha @ items
 
 
