@@ -23,6 +23,7 @@ from pocketrec.tables.codebook import CodebookTable
 from pocketrec.tables.dense import DenseTable
 from pocketrec.tables.quantized import QuantizedTable
 from pocketrec.tables.tt import TTTable
+from pocketrec.tables.tt_order import clustered_slots
 from pocketrec.train.teacher import train_teacher
 
 
@@ -49,9 +50,13 @@ def trained_models(out: str = "", data=None) -> tuple[object, dict[str, SessionR
     torch.manual_seed(0)
     tt = TTTable(data.num_items, 16, rank=8, num_cores=2, t=2)
     tt.fit_to(weight, steps=30)
+    tt_ordered = TTTable(data.num_items, 16, rank=8, num_cores=2, t=2, ordered=True)
+    tt_ordered.set_slots(clustered_slots(weight[1:], tt_ordered.item_factors))
+    tt_ordered.fit_to(weight, steps=30)
     models = {
         "dense": teacher,
         "tt": with_table(teacher, tt),
+        "tt_ordered": with_table(teacher, tt_ordered),
         "codebook": with_table(teacher, CodebookTable.from_vectors(weight, M=2, K=16, iters=5)),
         # EODRec's default layout: bit-packed codes, float16 codebooks
         "codebook_packed": with_table(teacher, CodebookTable.from_vectors(weight, M=3, K=16, iters=5,
@@ -73,7 +78,7 @@ def header_size(path) -> int:
     return 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]
 
 
-@pytest.mark.parametrize("kind", ["dense", "tt", "codebook", "codebook_packed", "int8", "int4"])
+@pytest.mark.parametrize("kind", ["dense", "tt", "tt_ordered", "codebook", "codebook_packed", "int8", "int4"])
 def test_artifact_bytes(setup, kind):
     data, models, root = setup
     model = models[kind]

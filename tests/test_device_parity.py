@@ -67,7 +67,7 @@ def ml100k_setup(tmp_path_factory):
     return data, models, root
 
 
-KINDS = ["dense", "tt", "codebook", "codebook_packed", "int8", "int4"]
+KINDS = ["dense", "tt", "tt_ordered", "codebook", "codebook_packed", "int8", "int4"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -139,7 +139,7 @@ def test_tt_three_cores_and_uint16_codes(setup):
             np.testing.assert_allclose(device.scores(session)[1:], ref[1:], atol=TOL, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["dense", "tt", "codebook_packed", "int4"])
+@pytest.mark.parametrize("kind", ["dense", "tt", "tt_ordered", "codebook_packed", "int4"])
 def test_streamed_top_k_equals_full_ranking_across_blocks(setup, kind, monkeypatch):
     """With tiny score blocks the streamed top-k (ties by id, exclusions) equals a sort of all scores."""
     from pocketrec.device import np_tables

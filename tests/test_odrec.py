@@ -1,6 +1,7 @@
 """The OD-Rec recipe end to end on synthetic sessions: small, accurate enough, careful with bad input."""
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from helpers import student_train_config, synthetic_dataset
@@ -38,6 +39,23 @@ def test_float16_cores_buy_rank_at_the_same_bytes(synthetic_data, tiny_teacher_d
     model, meta = load_checkpoint(tmp_path / "half" / "best")
     assert meta["dtype"] == "float16" and model.table.stored_dtype == "float16"
     assert evaluate(model, synthetic_data.test) == result.test  # the checkpoint reproduces what was tested
+
+
+def test_clustered_order_is_shipped_counted_and_reloaded(synthetic_data, tiny_teacher_dir, tmp_path):
+    _, plain = compress_odrec(tiny_teacher_dir, synthetic_data, "4x", train=student_train_config(1))
+    student, result = compress_odrec(tiny_teacher_dir, synthetic_data, "4x", order="clustered",
+                                     out_dir=tmp_path / "ordered", train=student_train_config(1))
+    table = student.table
+    assert table.ordered and result.table_bytes == table.nbytes() <= result.dense_table_bytes / 4
+    assert not torch.equal(table.slots, torch.arange(table.num_rows))  # the order was installed
+    assert result.meta["order"] == "clustered" and plain.meta["order"] == "identity"
+    # same budget: the order's bytes come out of the cores
+    assert table.nbytes() - 2 * table.num_items <= plain.table_bytes
+    model, meta = load_checkpoint(tmp_path / "ordered" / "best")
+    assert meta["order"] == "clustered" and torch.equal(model.table.slots, table.slots)
+    assert evaluate(model, synthetic_data.test) == result.test
+    with pytest.raises(ValueError, match="order must be one of"):
+        compress_odrec(tiny_teacher_dir, synthetic_data, "4x", order="sorted", train=student_train_config(1))
 
 
 def test_too_small_budget_writes_nothing(synthetic_data, tiny_teacher_dir, tmp_path):

@@ -162,7 +162,7 @@ def test_export_round_trip(config: Config) -> None:
     assert all(a.dtype == np.float32 for a in arrays.values())
     assert description == {"kind": "tt", "num_items": table.num_items, "dim": table.dim,
                            "item_factors": table.item_factors, "dim_factors": table.dim_factors,
-                           "rank": table.rank, "t": table.t, "dtype": "float32"}
+                           "rank": table.rank, "t": table.t, "dtype": "float32", "ordered": False}
     assert TABLE_KINDS["tt"] is TTTable
     back = table_from_export(arrays, description)
     assert isinstance(back, TTTable) and back.nbytes() == table.nbytes()

@@ -112,7 +112,9 @@ class TTScorer(NumpyTable):
 
     Core ``k`` is ``(R_{k-1}/t_k, I_k, J_k/t_k, R_k)``; one STP step maps a state ``(n, A, R_in)`` to
     ``new[.., (a, q, s), r] = sum_p state[.., a, p*t + s] * core[p, i, q, r]`` exactly as ``TTTable._step``.
-    Scoring rebuilds rows in blocks of whole first digits (``TTTable._first_digit_blocks``).
+    Scoring rebuilds rows in blocks of whole first digits (``TTTable._first_digit_blocks``). An ordered
+    table (``slots``: item id -> TT index) builds item ``id`` from the digits of its slot and scores every
+    slot, then gathers the items' columns.
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> None:
@@ -124,8 +126,16 @@ class TTScorer(NumpyTable):
         _require(arrays, names, "tt")
         self.cores = [np.ascontiguousarray(arrays[n], dtype=np.float32) for n in names]
         self.strides = [math.prod(self.item_factors[c + 1:]) for c in range(len(self.item_factors))]
-        if self.strides[0] * self.item_factors[0] < self.num_rows:
+        self.num_slots = self.strides[0] * self.item_factors[0]
+        if self.num_slots < self.num_rows:
             raise ValueError(f"tt item factors {self.item_factors} cover fewer than {self.num_rows} rows")
+        self.slots: np.ndarray | None = None
+        if description.get("ordered", False):
+            _require(arrays, ["slots"], "tt")
+            slots = np.concatenate([[0], np.asarray(arrays["slots"], dtype=np.int64)])
+            if slots.shape != (self.num_rows,) or slots[1:].min(initial=1) < 1 or slots.max() >= self.num_slots:
+                raise ValueError(f"tt slots must be {self.num_items} TT indices in 1..{self.num_slots - 1}")
+            self.slots = slots
 
     def _step_all(self, state: np.ndarray, core: np.ndarray) -> np.ndarray:
         n, width, r_in = state.shape
@@ -147,7 +157,8 @@ class TTScorer(NumpyTable):
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if ids.size and (ids.min() < 0 or ids.max() > self.num_items):
             raise IndexError(f"ids must lie in 0..{self.num_items}")
-        digits = [(ids // s) % n for s, n in zip(self.strides, self.item_factors, strict=True)]
+        slots = ids if self.slots is None else self.slots[ids]
+        digits = [(slots // s) % n for s, n in zip(self.strides, self.item_factors, strict=True)]
         state = self.cores[0][0, digits[0]]
         for core, idx in zip(self.cores[1:], digits[1:], strict=True):
             state = self._step_items(state, core, idx)
@@ -155,21 +166,33 @@ class TTScorer(NumpyTable):
         out[ids == 0] = 0.0
         return out
 
-    def row_blocks(self, chunk: int = _CHUNK_ROWS) -> Iterator[tuple[int, int, np.ndarray]]:
+    def _slot_blocks(self, chunk: int = _CHUNK_ROWS) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``(start, stop, rows)`` over TT indices in blocks of whole first digits (ids when unordered)."""
         per_first = self.strides[0]
         step = max(1, chunk // per_first)
-        firsts = -(-self.num_rows // per_first)
+        limit = self.num_rows if self.slots is None else self.num_slots
+        firsts = -(-limit // per_first)
         for lo in range(0, firsts, step):
             hi = min(lo + step, firsts)
             state = self.cores[0][0, lo:hi]
             for core in self.cores[1:]:
                 state = self._step_all(state, core)
-            start, stop = lo * per_first, min(hi * per_first, self.num_rows)
+            start, stop = lo * per_first, min(hi * per_first, limit)
             yield start, stop, state.reshape(-1, self.dim)[: stop - start]
 
+    def row_blocks(self, chunk: int = _CHUNK_ROWS) -> Iterator[tuple[int, int, np.ndarray]]:
+        if self.slots is None:
+            yield from self._slot_blocks(chunk)
+        else:
+            yield from super().row_blocks(chunk)
+
     def score_blocks(self, query: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-        for start, _, rows in self.row_blocks():
-            yield start, rows @ query
+        if self.slots is None:
+            for start, _, rows in self._slot_blocks():
+                yield start, rows @ query
+            return
+        by_slot = np.concatenate([rows @ query for _, _, rows in self._slot_blocks()])
+        yield 0, by_slot[self.slots]
 
 
 @register_scorer("codebook")

@@ -9,7 +9,9 @@ Recipe (METHODS.md §1):
    trained on another dataset;
 2. build the student's item table, a semi-tensor-product tensor train
    (:class:`~pocketrec.tables.tt.TTTable`), with the largest TT rank that fits the byte budget;
-3. optionally warm-start the TT cores by least squares on the teacher's rows (``warm_start``);
+3. optionally give the items a clustered TT order (``order="clustered"``,
+   :func:`~pocketrec.tables.tt_order.clustered_slots`; the order's bytes come out of the budget), and
+   warm-start the TT cores by least squares on the teacher's rows (``warm_start``);
 4. build the student: the teacher's encoder shape with the TT table, its encoder weights copied from the
    teacher (``DistillConfig.init_student_encoder_from_teacher``);
 5. train with the self-supervised distillation loss of :mod:`pocketrec.train.distill`
@@ -41,6 +43,7 @@ from pocketrec.data.dataset import Dataset
 from pocketrec.methods.recipe import CompressResult, RecipeConfig, distill_to_budget, teacher_rows
 from pocketrec.models.session_encoder import SessionRecommender
 from pocketrec.tables.tt import TTTable
+from pocketrec.tables.tt_order import clustered_slots
 from pocketrec.train.distill import DistillConfig
 from pocketrec.train.trainer import TrainConfig
 
@@ -55,6 +58,8 @@ class ODRecConfig(RecipeConfig):
     t: int = 2
     warm_start: bool = True
     warm_start_steps: int = 300
+    #: item -> TT index: "identity" (the dataset's ids) or "clustered" (items sharing a digit are alike)
+    order: str = "identity"
     distill: DistillConfig = field(default_factory=DistillConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -66,26 +71,42 @@ class ODRecConfig(RecipeConfig):
             raise ValueError(f"t must be >= 1, got {self.t}")
         if self.warm_start_steps < 0:
             raise ValueError(f"warm_start_steps must be >= 0, got {self.warm_start_steps}")
+        check_order(self.order)
+
+
+ORDERS = ("identity", "clustered")
+
+
+def check_order(order: str) -> None:
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
 
 
 def tt_table_builder(num_cores: int = 2, t: int = 2, warm_start: bool = True, warm_start_steps: int = 300,
-                     seed: int = 0, dtype: str = "float32"):
-    """The OD-Rec :data:`~pocketrec.methods.recipe.TableBuilder`: the largest TT table in the budget,
-    its cores optionally fitted by least squares to the teacher's rows."""
+                     seed: int = 0, dtype: str = "float32", order: str = "identity"):
+    """The OD-Rec :data:`~pocketrec.methods.recipe.TableBuilder`: the largest TT table in the budget (with
+    the item order's bytes reserved when ``order="clustered"``), its cores optionally fitted by least squares
+    to the teacher's rows."""
+    check_order(order)
+
     def build(teacher: SessionRecommender, budget_bytes: int) -> tuple[TTTable, dict[str, Any]]:
+        ordered = order == "clustered"
         table = TTTable.for_budget(teacher.num_items, teacher.config.dim, budget_bytes, num_cores=num_cores, t=t,
-                                   dtype=dtype)
+                                   dtype=dtype, ordered=ordered)
+        rows = teacher_rows(teacher)
+        if ordered:
+            table.set_slots(clustered_slots(rows[1:], table.item_factors, seed=seed))
         warm = warm_start and warm_start_steps > 0
-        error = table.fit_to(teacher_rows(teacher), steps=warm_start_steps, seed=seed) if warm else None
-        return table, {"num_cores": num_cores, "t": t, "tt_rank": table.rank, "dtype": dtype, "warm_start": warm,
-                       "warm_start_error": error}
+        error = table.fit_to(rows, steps=warm_start_steps, seed=seed) if warm else None
+        return table, {"num_cores": num_cores, "t": t, "tt_rank": table.rank, "dtype": dtype, "order": order,
+                       "warm_start": warm, "warm_start_error": error}
     return build
 
 
 def compress_odrec(teacher_checkpoint: str | Path, dataset: Dataset, budget: str | int, *, num_cores: int = 2,
                    t: int = 2, out_dir: str | Path | None = None, distill: DistillConfig | None = None,
                    train: TrainConfig | None = None, warm_start: bool = True, warm_start_steps: int = 300,
-                   dtype: str = "float32") -> tuple[SessionRecommender, CompressResult]:
+                   dtype: str = "float32", order: str = "identity") -> tuple[SessionRecommender, CompressResult]:
     """Compress the teacher at ``teacher_checkpoint`` into an OD-Rec student of at most ``budget`` bytes.
 
     ``budget``: bytes, or text for :func:`~pocketrec.search.budget.parse_budget` (``"3%"`` and ``"30x"`` are
@@ -93,7 +114,7 @@ def compress_odrec(teacher_checkpoint: str | Path, dataset: Dataset, budget: str
     for the checkpoints written and the errors raised (a budget below the smallest TT table: ``ValueError``).
     """
     train = train or TrainConfig()
-    builder = tt_table_builder(num_cores, t, warm_start, warm_start_steps, seed=train.seed, dtype=dtype)
+    builder = tt_table_builder(num_cores, t, warm_start, warm_start_steps, seed=train.seed, dtype=dtype, order=order)
     return distill_to_budget(METHOD, teacher_checkpoint, dataset, budget, builder, out_dir=out_dir,
                              distill=distill, train=train)
 
@@ -104,4 +125,4 @@ def compress_from_config(cfg: ODRecConfig, dataset: Dataset) -> tuple[SessionRec
         raise ValueError("no teacher checkpoint given (--teacher runs/teacher-DATASET/best)")
     return compress_odrec(cfg.teacher, dataset, cfg.budget, num_cores=cfg.num_cores, t=cfg.t,
                           out_dir=cfg.out or None, distill=cfg.distill, train=cfg.train, warm_start=cfg.warm_start,
-                          warm_start_steps=cfg.warm_start_steps, dtype=cfg.dtype)
+                          warm_start_steps=cfg.warm_start_steps, dtype=cfg.dtype, order=cfg.order)

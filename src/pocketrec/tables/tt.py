@@ -53,6 +53,12 @@ of ``dim`` with the smallest ``Σ J_k`` whose ``J_2..J_K`` are divisible by ``t`
 ``t = 2``) that gives ``[194, 210] x [16, 8]`` and ``[37, 29, 38] x [8, 4, 4]``; pass explicit
 ``item_factors`` to reproduce the code's ``[169, 241]`` or ``[13, 13, 241]`` (product 40,729, its n_node).
 
+Item order (``ordered=True``). By default item ``id`` lives at TT index ``id``. An ordered table keeps a
+permutation ``slots`` (item id -> TT index, the padding id at 0) and builds item ``id``'s row from the digits
+of ``slots[id]``; :func:`pocketrec.tables.tt_order.clustered_slots` picks slots so that items sharing a digit
+are alike. The permutation ships with the table (``uint16``/``uint32`` per item, counted in ``nbytes``);
+scoring rebuilds the rows in TT-index order and gathers the items' columns.
+
 Initialisation: every core entry is drawn i.i.d. ``N(0, σ²)`` with one ``σ`` for all cores, chosen so
 the rebuilt rows have standard deviation ``init_std`` (0.02 by default, like :class:`DenseTable`): an
 entry of a row is a sum of ``Π_{k<K} R_k / t`` products of ``K`` core entries, so
@@ -228,6 +234,23 @@ def _core_shapes(items: Sequence[int], dims: Sequence[int], rank: int, t: int) -
     return shapes
 
 
+def slot_dtype(num_slots: int) -> str:
+    """Stored type of an item order over ``num_slots`` TT indices: the smallest unsigned type that holds them."""
+    return "uint16" if num_slots <= 1 << 16 else "uint32"
+
+
+def check_slots(slots: Tensor, num_items: int, num_slots: int) -> None:
+    """``ValueError`` unless ``slots`` is an item order: ``(num_items + 1,)``, ``slots[0] = 0``, distinct, in range."""
+    if slots.shape != (num_items + 1,):
+        raise ValueError(f"slots must have shape ({num_items + 1},), got {tuple(slots.shape)}")
+    if int(slots[0]) != 0:
+        raise ValueError(f"slots[0] (the padding id) must be 0, got {int(slots[0])}")
+    if slots.numel() > 1 and (int(slots[1:].min()) < 1 or int(slots.max()) >= num_slots):
+        raise ValueError(f"item slots must lie in 1..{num_slots - 1}")
+    if torch.unique(slots).numel() != slots.numel():
+        raise ValueError("slots must be distinct (two items would share a TT row)")
+
+
 # ------------------------------------------------------------------------------------------------ table
 @register_table
 class TTTable(ItemTable):
@@ -245,13 +268,15 @@ class TTTable(ItemTable):
             cores, but every row is built from the cores rounded to it (straight-through), so training and
             evaluation see what the device loads.
         chunk_size: about how many item rows ``score``/``full_weight`` rebuild at a time.
+        ordered: keep an item order (identity until :meth:`set_slots`), shipped and counted in ``nbytes``.
     """
 
     kind = "tt"
 
     def __init__(self, num_items: int, dim: int, rank: int = 60, num_cores: int | None = None, t: int = 2,
                  item_factors: Sequence[int] | None = None, dim_factors: Sequence[int] | None = None,
-                 init_std: float = 0.02, dtype: str = "float32", chunk_size: int = 16384) -> None:
+                 init_std: float = 0.02, dtype: str = "float32", chunk_size: int = 16384,
+                 ordered: bool = False) -> None:
         super().__init__(num_items, dim)
         check_stored_dtype(dtype)
         if chunk_size < 1:
@@ -266,8 +291,11 @@ class TTTable(ItemTable):
         self.chunk_size = int(chunk_size)
         # strides[k] = Π_{l>k} I_l: digit k of an id is (id // strides[k]) % I_k.
         self.strides = [math.prod(items[c + 1:]) for c in range(self.num_cores)]
+        self.num_slots = math.prod(items)
         self.cores = nn.ParameterList(
             [nn.Parameter(torch.empty(shape)) for shape in _core_shapes(items, dims, self.rank, self.t)])
+        self.slots: Tensor | None
+        self.register_buffer("slots", torch.arange(self.num_rows) if ordered else None)
         self.reset_parameters(init_std)
 
     # ------------------------------------------------------------------------------------- parameters
@@ -294,14 +322,36 @@ class TTTable(ItemTable):
     @staticmethod
     def bytes_for(num_items: int, dim: int, rank: int, num_cores: int | None = None, t: int = 2,
                   item_factors: Sequence[int] | None = None, dim_factors: Sequence[int] | None = None,
-                  dtype: str = "float32") -> int:
+                  dtype: str = "float32", ordered: bool = False) -> int:
         """Exact exported bytes of a TT table without building it."""
         check_stored_dtype(dtype)
         count = TTTable.param_count(num_items, dim, rank, num_cores, t, item_factors, dim_factors)
-        return count * np.dtype(dtype).itemsize
+        order = 0
+        if ordered:
+            items, _ = _resolve(num_items, dim, rank, num_cores, t, item_factors, dim_factors)
+            order = num_items * np.dtype(slot_dtype(math.prod(items))).itemsize
+        return count * np.dtype(dtype).itemsize + order
 
     def nbytes(self) -> int:
-        return sum(core.numel() for core in self.cores) * np.dtype(self.stored_dtype).itemsize
+        order = 0 if self.slots is None else self.num_items * np.dtype(slot_dtype(self.num_slots)).itemsize
+        return sum(core.numel() for core in self.cores) * np.dtype(self.stored_dtype).itemsize + order
+
+    @property
+    def ordered(self) -> bool:
+        return self.slots is not None
+
+    def set_slots(self, slots: Tensor | np.ndarray) -> None:
+        """Install an item order: ``slots[id]`` is item ``id``'s TT index (``(num_items + 1,)``, ``slots[0] = 0``,
+        distinct values below ``Π I_k``). Only an ``ordered`` table has one (its bytes are counted)."""
+        if self.slots is None:
+            raise ValueError("this TT table was built without an item order (ordered=False)")
+        slots = torch.as_tensor(slots, dtype=torch.long).reshape(-1)
+        check_slots(slots, self.num_items, self.num_slots)
+        self.slots.copy_(slots.to(self.slots.device))
+
+    def slot_of(self, ids: Tensor) -> Tensor:
+        """The TT indices of item ids (the ids themselves without an item order)."""
+        return ids if self.slots is None else self.slots[ids]
 
     # ----------------------------------------------------------------------------------------- rows
     def digits(self, ids: Tensor) -> list[Tensor]:
@@ -332,29 +382,36 @@ class TTTable(ItemTable):
 
     def _rows_of(self, flat_ids: Tensor) -> Tensor:
         """Rows ``(n, dim)`` of a 1-d id tensor, built from each id's own core slices."""
-        digits = self.digits(flat_ids)
+        digits = self.digits(self.slot_of(flat_ids))
         cores = self.stored_cores()
         state = cores[0][0, digits[0]]  # (n, J_1, R_1)
         for core, idx in zip(cores[1:], digits[1:], strict=True):
             state = self._step(state, core, idx)
         return state.reshape(flat_ids.shape[0], self.dim)
 
-    def _first_digit_blocks(self, chunk_size: int | None = None) -> Iterator[tuple[int, int, Tensor]]:
-        """Yield ``(start, stop, rows)`` covering ids ``0..num_items`` in blocks of whole first digits.
+    @property
+    def _block_rows(self) -> int:
+        """TT indices the blocks cover: the ids ``0..num_items``, or every slot of an ordered table."""
+        return self.num_rows if self.slots is None else self.num_slots
 
-        A block of first digits ``[lo, hi)`` holds the contiguous ids ``[lo·s, hi·s)`` (``s = Π_{k≥2} I_k``),
-        built as an outer product over the digits, so shared prefixes are computed once.
+    def _first_digit_blocks(self, chunk_size: int | None = None) -> Iterator[tuple[int, int, Tensor]]:
+        """Yield ``(start, stop, rows)`` covering TT indices ``0.._block_rows`` in blocks of whole first digits.
+
+        A block of first digits ``[lo, hi)`` holds the contiguous TT indices ``[lo·s, hi·s)``
+        (``s = Π_{k≥2} I_k``), built as an outer product over the digits, so shared prefixes are computed
+        once. Without an item order TT index = item id.
         """
         per_first = self.strides[0]
         step = max(1, (chunk_size or self.chunk_size) // per_first)
-        firsts = -(-self.num_rows // per_first)
+        limit = self._block_rows
+        firsts = -(-limit // per_first)
         cores = self.stored_cores()
         for lo in range(0, firsts, step):
             hi = min(lo + step, firsts)
             state = cores[0][0, lo:hi]  # (hi - lo, J_1, R_1)
             for core in cores[1:]:
                 state = self._step(state, core, None)
-            start, stop = lo * per_first, min(hi * per_first, self.num_rows)
+            start, stop = lo * per_first, min(hi * per_first, limit)
             yield start, stop, state.reshape(-1, self.dim)[: stop - start]
 
     def forward(self, ids: Tensor) -> Tensor:
@@ -373,7 +430,8 @@ class TTTable(ItemTable):
 
         Differentiable. Row 0 is *not* zeroed: it is what the cores give for id 0; ``forward`` masks it.
         """
-        return torch.cat([rows for _, _, rows in self._first_digit_blocks(chunk_size)], dim=0)
+        rows = torch.cat([rows for _, _, rows in self._first_digit_blocks(chunk_size)], dim=0)
+        return rows if self.slots is None else rows.index_select(0, self.slots)
 
     materialize = full_weight
 
@@ -390,7 +448,7 @@ class TTTable(ItemTable):
     def row_norms(self, chunk: int = 16384) -> Tensor:
         """Norms of the rows, rebuilt in blocks of whole first digits (shared prefixes computed once)."""
         norms = torch.cat([rows.norm(dim=-1) for _, _, rows in self._first_digit_blocks(chunk)])
-        return normalise_row_norms(norms)
+        return normalise_row_norms(norms if self.slots is None else norms.index_select(0, self.slots))
 
     def _score_blocks(self, queries: Tensor, unit_rows: bool) -> Tensor:
         if queries.dim() != 2 or queries.shape[1] != self.dim:
@@ -398,7 +456,9 @@ class TTTable(ItemTable):
 
         needs_grad = torch.is_grad_enabled() and (
             queries.requires_grad or any(core.requires_grad for core in self.cores))
-        return score_row_blocks(queries, self._first_digit_blocks(), self.num_rows, unit_rows, needs_grad)
+        scores = score_row_blocks(queries, self._first_digit_blocks(), self._block_rows, unit_rows, needs_grad)
+        # ordered: scores are in TT-index order; slot 0 is the padding id's, so column 0 stays masked
+        return scores if self.slots is None else scores.index_select(1, self.slots)
 
     # ------------------------------------------------------------------------------------ warm start
     def fit_to(self, weight: Tensor | np.ndarray, steps: int = 300, lr: float = 1e-2, batch_rows: int = 4096,
@@ -432,11 +492,14 @@ class TTTable(ItemTable):
     def _description(self) -> dict[str, Any]:
         return {"kind": self.kind, "num_items": self.num_items, "dim": self.dim,
                 "item_factors": list(self.item_factors), "dim_factors": list(self.dim_factors),
-                "rank": self.rank, "t": self.t, "dtype": self.stored_dtype}
+                "rank": self.rank, "t": self.t, "dtype": self.stored_dtype, "ordered": self.ordered}
 
     def export(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``core_k`` at the stored dtype; an ordered table adds ``slots`` of items ``1..n`` (uint16/uint32)."""
         arrays = {f"core_{c}": core.detach().cpu().numpy().astype(self.stored_dtype)
                   for c, core in enumerate(self.cores)}
+        if self.slots is not None:
+            arrays["slots"] = self.slots[1:].cpu().numpy().astype(slot_dtype(self.num_slots))
         return arrays, self._description()
 
     @classmethod
@@ -446,7 +509,7 @@ class TTTable(ItemTable):
         return cls(int(description["num_items"]), int(description["dim"]), rank=int(description["rank"]),
                    t=int(description["t"]), item_factors=[int(i) for i in description["item_factors"]],
                    dim_factors=[int(j) for j in description["dim_factors"]],
-                   dtype=str(description.get("dtype", "float32")))
+                   dtype=str(description.get("dtype", "float32")), ordered=bool(description.get("ordered", False)))
 
     @classmethod
     def from_export(cls, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> TTTable:
@@ -460,7 +523,12 @@ class TTTable(ItemTable):
                 if tuple(arr.shape) != tuple(core.shape):
                     raise ValueError(f"tt {name} has shape {tuple(arr.shape)}, expected {tuple(core.shape)}")
                 core.copy_(torch.from_numpy(np.asarray(arr, dtype=np.float32)))
-        extra = sorted(set(arrays) - {f"core_{c}" for c in range(table.num_cores)})
+        expected = {f"core_{c}" for c in range(table.num_cores)} | ({"slots"} if table.ordered else set())
+        if table.ordered:
+            if "slots" not in arrays:
+                raise ValueError("tt export of an ordered table is missing array 'slots'")
+            table.set_slots(np.concatenate([[0], np.asarray(arrays["slots"], dtype=np.int64)]))
+        extra = sorted(set(arrays) - expected)
         if extra:
             raise ValueError(f"tt export has unexpected arrays {extra}")
         return table
@@ -469,18 +537,19 @@ class TTTable(ItemTable):
     @classmethod
     def for_budget(cls, num_items: int, dim: int, budget_bytes: int, num_cores: int | None = 2, t: int = 2,
                    dtype: str = "float32", item_factors: Sequence[int] | None = None,
-                   dim_factors: Sequence[int] | None = None, max_rank: int | None = None,
+                   dim_factors: Sequence[int] | None = None, max_rank: int | None = None, ordered: bool = False,
                    **kwargs: Any) -> TTTable:
         """The TT table with the largest rank ``R`` (a multiple of ``t``, ``<= max_rank``) within the budget.
 
-        Raises ``ValueError`` with the smallest size (``R = t``) when even that does not fit.
+        ``ordered`` reserves the item order's bytes. Raises ``ValueError`` with the smallest size (``R = t``)
+        when even that does not fit.
         """
         if item_factors is not None or dim_factors is not None:
             num_cores = None  # taken from the factors
         items, dims = _resolve(num_items, dim, t, num_cores, t, item_factors, dim_factors)
 
         def size(rank: int) -> int:
-            return cls.bytes_for(num_items, dim, rank, num_cores, t, item_factors, dim_factors, dtype)
+            return cls.bytes_for(num_items, dim, rank, num_cores, t, item_factors, dim_factors, dtype, ordered)
 
         smallest = size(t)
         if smallest > budget_bytes:
@@ -504,11 +573,12 @@ class TTTable(ItemTable):
                 else:
                     hi = mid
         return cls(num_items, dim, rank=lo * t, num_cores=num_cores, t=t, item_factors=item_factors,
-                   dim_factors=dim_factors, dtype=dtype, **kwargs)
+                   dim_factors=dim_factors, dtype=dtype, ordered=ordered, **kwargs)
 
     def describe(self) -> str:
+        order = ", ordered" if self.ordered else ""
         return (f"{self.kind}(items={self.num_items}, dim={self.dim}, I={self.item_factors}, "
-                f"J={self.dim_factors}, R={self.rank}, t={self.t}, bytes={self.nbytes():,})")
+                f"J={self.dim_factors}, R={self.rank}, t={self.t}{order}, bytes={self.nbytes():,})")
 
     def extra_repr(self) -> str:
         return (f"num_items={self.num_items}, dim={self.dim}, item_factors={self.item_factors}, "
