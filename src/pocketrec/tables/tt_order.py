@@ -11,9 +11,10 @@ a meaning before the cores are fitted:
   their cluster centre (one centroid per slot position, shared by all clusters), one item per slot.
 
 With 2 cores and ``R ≥ J_1 + J_2`` the TT then contains "centre of the item's cluster + centre of its
-residual slot", the same structure as two-stage residual quantisation. Ad-hoc measurement (session 7,
-NOTES.md): fitting the TT to a Diginetica teacher's rows at 30x, relative error 0.596 with the dataset's
-order, 0.623 with a random order, 0.500 with this one; :mod:`benchmarks.tt_order` measures it in the repo.
+residual slot", the same structure as two-stage residual quantisation. ``benchmarks/tt_order.py`` measures it: the
+least-squares warm start of a 2-core STT at 30x fitted to the d = 128 Diginetica teacher's rows has relative
+error 0.945 with the dataset's order, 0.968 with a random one and 0.696 with this one (at rank 44 instead
+of 50: the order's 2 bytes per item come out of the budget).
 
 The padding id keeps slot 0 (so the table's padding handling is unchanged); items take slots ``1..``.
 The order has to ship with the table (:class:`~pocketrec.tables.tt.TTTable` counts it in ``nbytes``).
