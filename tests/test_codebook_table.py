@@ -129,13 +129,14 @@ def test_both_score_paths_agree_and_the_default_switches_on_batch_size() -> None
 
 @pytest.mark.parametrize("K", [2, 16, 32, 256, 257, 1024])
 @pytest.mark.parametrize("bitpack", [False, True])
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
 def test_nbytes_is_what_export_returns(K: int, bitpack: bool, dtype: str) -> None:
     table = CodebookTable(37, 8, M=3, K=K, dtype=dtype, bitpack=bitpack, seed=0)
     arrays, description = table.export()
     assert table.nbytes() == array_nbytes(arrays)
     assert table.nbytes() == CodebookTable.bytes_for(37, 8, 3, K, dtype, bitpack)
     assert arrays["codebooks"].dtype == np.dtype(dtype)
+    assert ("codebook_scales" in arrays) == (dtype == "int8")
     if bitpack:
         assert arrays["codes"].dtype == np.uint8 and arrays["codes"].ndim == 1
         assert arrays["codes"].nbytes == math.ceil(37 * 3 * math.ceil(math.log2(K)) / 8)
@@ -191,7 +192,7 @@ def test_code_dtypes() -> None:
 
 @pytest.mark.parametrize("bitpack", [False, True])
 @pytest.mark.parametrize("K", [2, 32, 256, 1024])
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
 def test_export_round_trip_is_exact(K: int, bitpack: bool, dtype: str) -> None:
     table = CodebookTable(41, 6, M=3, K=K, dtype=dtype, bitpack=bitpack, seed=3)
     arrays, description = table.export()
@@ -225,6 +226,33 @@ def test_float16_table_scores_with_the_exported_codebooks() -> None:
     assert table.codebooks.grad is not None and table.codebooks.grad.abs().sum() > 0
 
 
+def test_int8_table_scores_with_the_exported_codebooks() -> None:
+    """int8 codebooks: each codeword is int8 values times a float32 scale; lookups, scores and the device see
+    exactly that, gradients pass straight through to the float32 master codebooks."""
+    table = CodebookTable(40, 8, M=3, K=16, dtype="int8", seed=1)
+    arrays, description = table.export()
+    values, scales = arrays["codebooks"], arrays["codebook_scales"]
+    assert values.dtype == np.int8 and scales.shape == (3, 16) and np.abs(values).max() == 127
+    dequantized = torch.from_numpy(values.astype(np.float32) * scales[..., None])
+    torch.testing.assert_close(table.stored_codebooks(), dequantized, rtol=0, atol=1e-7)
+    error = (dequantized - table.codebooks).norm() / table.codebooks.norm()
+    assert 0 < error < 0.01  # int8 per codeword: well under 1% of the codewords
+    device = table_from_export(arrays, description)
+    ids = torch.arange(1, 41)
+    torch.testing.assert_close(table(ids), device(ids), rtol=0, atol=1e-6)
+    queries = torch.randn(2, 8)
+    torch.testing.assert_close(table.score(queries), device.score(queries), rtol=0, atol=1e-5)
+    table.score(queries).sum().backward()
+    assert table.codebooks.grad is not None and table.codebooks.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="codebook_scales"):
+        CodebookTable.from_export({k: v for k, v in arrays.items() if k != "codebook_scales"}, description)
+    # a quarter of float32's codebook bytes, plus 4 B of scale per codeword
+    assert (CodebookTable.bytes_for(40, 8, 3, 16, "float32") - CodebookTable.bytes_for(40, 8, 3, 16, "int8")
+            == 3 * 16 * (8 * 3 - 4))
+    with pytest.raises(ValueError, match="float32, float16 or int8"):
+        CodebookTable(40, 8, M=3, K=16, dtype="bfloat16")
+
+
 def test_from_export_rejects_bad_arrays() -> None:
     arrays, description = CodebookTable(10, 4, M=2, K=16, seed=0).export()
     with pytest.raises(ValueError, match="codes have shape"):
@@ -253,7 +281,7 @@ def _bits_rule_best(n: int, d: int, budget: int, dtype: str, bitpack: bool) -> t
 
 
 @pytest.mark.parametrize("bitpack", [False, True])
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
 @pytest.mark.parametrize("budget", [30_000, 200_000, 515_397, 2_000_000])
 def test_for_budget_fits_and_is_maximal(budget: int, dtype: str, bitpack: bool) -> None:
     n, d = 40_727, 128

@@ -61,6 +61,8 @@ def trained_models(out: str = "", data=None) -> tuple[object, dict[str, SessionR
         # EODRec's default layout: bit-packed codes, float16 codebooks
         "codebook_packed": with_table(teacher, CodebookTable.from_vectors(weight, M=3, K=16, iters=5,
                                                                           bitpack=True, dtype="float16")),
+        "codebook_int8": with_table(teacher, CodebookTable.from_vectors(weight, M=3, K=16, iters=5,
+                                                                        bitpack=True, dtype="int8")),
         "int8": with_table(teacher, QuantizedTable.from_rows(weight, bits=8)),
         "int4": with_table(teacher, QuantizedTable.from_rows(weight, bits=4)),
     }
@@ -78,7 +80,8 @@ def header_size(path) -> int:
     return 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]
 
 
-@pytest.mark.parametrize("kind", ["dense", "tt", "tt_ordered", "codebook", "codebook_packed", "int8", "int4"])
+@pytest.mark.parametrize("kind", ["dense", "tt", "tt_ordered", "codebook", "codebook_packed", "codebook_int8",
+                                  "int8", "int4"])
 def test_artifact_bytes(setup, kind):
     data, models, root = setup
     model = models[kind]
@@ -101,7 +104,7 @@ def test_artifact_bytes(setup, kind):
     if kind.startswith("codebook"):
         codes = tensors["table/codes"]
         assert codes.dtype == np.uint8
-        assert codes.ndim == (1 if kind == "codebook_packed" else 2)
+        assert codes.ndim == (1 if kind in ("codebook_packed", "codebook_int8") else 2)
     assert not list(root.glob(".*.tmp"))  # nothing half-written left behind
 
 

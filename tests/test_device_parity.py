@@ -67,7 +67,7 @@ def ml100k_setup(tmp_path_factory):
     return data, models, root
 
 
-KINDS = ["dense", "tt", "tt_ordered", "codebook", "codebook_packed", "int8", "int4"]
+KINDS = ["dense", "tt", "tt_ordered", "codebook", "codebook_packed", "codebook_int8", "int8", "int4"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

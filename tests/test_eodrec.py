@@ -63,6 +63,21 @@ def test_float16_codebooks_buy_code_bits_and_train_as_stored(synthetic_data, tin
     assert evaluate(model, synthetic_data.test) == result.test  # the checkpoint reproduces what was tested
 
 
+def test_int8_codebooks_buy_more_code_bits_than_float16(synthetic_data, tiny_teacher_dir, tmp_path):
+    budget = "4x"
+    half, half_result = compress_eodrec(tiny_teacher_dir, synthetic_data, budget, codes="rq", max_codebooks=64,
+                                        dtype="float16", train=student_train_config(1))
+    int8, result = compress_eodrec(tiny_teacher_dir, synthetic_data, budget, codes="rq", max_codebooks=64,
+                                   dtype="int8", out_dir=tmp_path / "int8", train=student_train_config(1))
+    bits = [t.table.M * (t.table.K.bit_length() - 1) for t in (half, int8)]
+    assert int8.table.stored_dtype == "int8" and bits[1] > bits[0]
+    assert result.table_bytes <= result.dense_table_bytes / 4
+    assert result.test["recall@20"] > 0.5 * half_result.test["recall@20"]  # it learns like the float16 one
+    model, meta = load_checkpoint(tmp_path / "int8" / "best")
+    assert meta["dtype"] == "int8" and model.table.stored_dtype == "int8"
+    assert evaluate(model, synthetic_data.test) == result.test  # the checkpoint reproduces what was tested
+
+
 def test_bad_input(synthetic_data, tiny_teacher_dir, tmp_path):
     with pytest.raises(ValueError, match="below the smallest codebook table"):
         compress_eodrec(tiny_teacher_dir, synthetic_data, 64, out_dir=tmp_path / "run", train=student_train_config(1))
@@ -71,8 +86,9 @@ def test_bad_input(synthetic_data, tiny_teacher_dir, tmp_path):
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="codes must be one of"):
         EODRecConfig(codes="magic")
-    with pytest.raises(ValueError, match="float32 or float16"):
-        EODRecConfig(dtype="int8")
+    with pytest.raises(ValueError, match="float32, float16 or int8"):
+        EODRecConfig(dtype="bfloat16")
+    assert EODRecConfig(dtype="int8").dtype == "int8"
 
 
 def test_cli_compresses_with_eodrec(synthetic_data, tiny_teacher_dir, tmp_path, monkeypatch):

@@ -78,6 +78,17 @@ class NumpyTable:
         return np.maximum(norms, np.float32(1e-8))
 
 
+def dequantized_codebooks(arrays: dict[str, np.ndarray], dtype: str) -> np.ndarray:
+    """Exported codebooks as float32 ``(M, K, dim)``: int8 ones times their ``codebook_scales (M, K)``."""
+    books = arrays["codebooks"]
+    if dtype != "int8":
+        return np.asarray(books, dtype=np.float32)
+    scales = np.asarray(arrays["codebook_scales"], dtype=np.float32)
+    if scales.shape != books.shape[:2]:
+        raise ValueError(f"codebook_scales have shape {scales.shape}, expected {books.shape[:2]}")
+    return books.astype(np.float32) * scales[..., None]
+
+
 def _require(arrays: dict[str, np.ndarray], names: list[str], kind: str) -> None:
     missing = [n for n in names if n not in arrays]
     if missing:
@@ -211,9 +222,10 @@ class CodebookScorer(NumpyTable):
 
     def __init__(self, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> None:
         super().__init__(arrays, description)
-        _require(arrays, ["codebooks", "codes"], "codebook")
+        dtype = str(description.get("dtype", "float32"))
+        _require(arrays, ["codebooks", "codes"] + (["codebook_scales"] if dtype == "int8" else []), "codebook")
         self.M, self.K = int(description["M"]), int(description["K"])
-        books = arrays["codebooks"]
+        books = dequantized_codebooks(arrays, dtype)
         if books.shape != (self.M, self.K, self.dim):
             raise ValueError(f"codebooks have shape {books.shape}, expected {(self.M, self.K, self.dim)}")
         self.codebooks = np.ascontiguousarray(books, dtype=np.float32)

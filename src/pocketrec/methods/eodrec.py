@@ -37,14 +37,14 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
 from pocketrec.data.dataset import Dataset
 from pocketrec.methods.recipe import CompressResult, RecipeConfig, distill_to_budget, teacher_rows
 from pocketrec.models.session_encoder import SessionRecommender
-from pocketrec.tables.base import ItemTable
+from pocketrec.tables.base import STORED_DTYPES, ItemTable
 from pocketrec.tables.codebook import DEFAULT_MAX_CODEBOOKS, CodebookTable
 from pocketrec.train.code_refresh import CodeRefreshConfig, CodeRefresher
 from pocketrec.train.codes import learn_codes_with_report
@@ -67,11 +67,13 @@ class EODRecConfig(RecipeConfig):
     """Everything ``pocketrec compress --method eodrec`` reads (overridable as ``--key=value``).
 
     ``M``/``K`` (0: chosen by the budget solver), ``bitpack`` (codes at ``ceil(log2 K)`` bits), ``dtype``
-    (stored precision of the codebooks: ``float16`` halves their bytes, leaving more for codes),
+    (stored precision of the codebooks: ``float16`` halves their bytes, ``int8`` quarters them, leaving more
+    for codes),
     ``max_codebooks`` (bounds the ``n x M`` gather of a score), ``codes`` (see the module docstring),
     ``code_epochs`` (autoencoder epochs), ``code_refresh`` (codes re-assigned during distillation; off).
     """
 
+    stored_dtypes: ClassVar[tuple[str, ...]] = STORED_DTYPES
     budget: str = "2.5%"
     M: int = 0
     K: int = 0

@@ -17,13 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pocketrec.config import to_dict
 from pocketrec.data.dataset import Dataset
 from pocketrec.models.session_encoder import SessionRecommender
 from pocketrec.search.budget import parse_budget
-from pocketrec.tables.base import ItemTable, check_stored_dtype
+from pocketrec.tables.base import STORED_FLOAT_DTYPES, ItemTable, check_stored_dtype
 from pocketrec.tables.dense import DenseTable
 from pocketrec.train.checkpoint import load_checkpoint
 from pocketrec.train.compat import check_compatible
@@ -49,9 +49,11 @@ class RecipeConfig:
     out: str = ""
     #: stored precision of the student table's float weights (float16 halves them: more capacity per byte)
     dtype: str = "float32"
+    #: the precisions the method's table can store (codebooks add int8)
+    stored_dtypes: ClassVar[tuple[str, ...]] = STORED_FLOAT_DTYPES
 
     def __post_init__(self) -> None:
-        check_stored_dtype(self.dtype)
+        check_stored_dtype(self.dtype, self.stored_dtypes)
 
 
 @dataclass

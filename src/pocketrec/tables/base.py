@@ -29,12 +29,28 @@ from torch import Tensor, nn
 TABLE_KINDS: dict[str, type[ItemTable]] = {}
 #: Precisions a table's float weights can be stored (exported) at.
 STORED_FLOAT_DTYPES = ("float32", "float16")
+#: ``int8``: symmetric int8 per vector (last axis) with a float32 scale each (:func:`quantize_rows`).
+STORED_DTYPES = (*STORED_FLOAT_DTYPES, "int8")
 
 
-def check_stored_dtype(dtype: str) -> None:
-    """``ValueError`` unless ``dtype`` is one of :data:`STORED_FLOAT_DTYPES`."""
-    if dtype not in STORED_FLOAT_DTYPES:
-        raise ValueError(f"dtype (the stored precision of the weights) must be float32 or float16, got {dtype!r}")
+def check_stored_dtype(dtype: str, allowed: tuple[str, ...] = STORED_FLOAT_DTYPES) -> None:
+    """``ValueError`` unless ``dtype`` is one of ``allowed`` (by default the float precisions)."""
+    if dtype not in allowed:
+        names = ", ".join(allowed[:-1]) + f" or {allowed[-1]}"
+        raise ValueError(f"dtype (the stored precision of the weights) must be {names}, got {dtype!r}")
+
+
+def quantize_rows(rows: Tensor, bits: int = 8) -> tuple[Tensor, Tensor]:
+    """Symmetric per-row quantisation: int8 ``values`` and float32 ``scales`` with ``rows ~ scales * values``.
+
+    ``scale = max |row| / (2^(bits-1) - 1)``, round to nearest; an all-zero row gets scale 0 and zeros.
+    """
+    rows = rows.detach().float()
+    top = 2 ** (bits - 1) - 1
+    scales = rows.abs().amax(dim=-1) / top
+    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
+    values = torch.round(rows / safe.unsqueeze(-1)).clamp_(-top, top).to(torch.int8)
+    return values, scales
 
 
 def register_table(cls: type[ItemTable]) -> type[ItemTable]:
@@ -143,12 +159,15 @@ class ItemTable(nn.Module, ABC):
 def as_stored(weight: Tensor, stored_dtype: str) -> Tensor:
     """``weight`` rounded to the precision a device stores it at, with gradients passed straight through.
 
-    Tables with a float16 ``stored_dtype`` keep float32 master weights (Adam's small steps would vanish
-    in float16) but compute every lookup from this, so what is trained, validated and tested is exactly
-    what the exported arrays give.
+    Tables with a float16 (or int8: per vector, :func:`quantize_rows`) ``stored_dtype`` keep float32 master
+    weights (Adam's small steps would vanish in float16) but compute every lookup from this, so what is
+    trained, validated and tested is exactly what the exported arrays give.
     """
     if stored_dtype == "float32":
         return weight
+    if stored_dtype == "int8":  # per vector along the last axis
+        values, scales = quantize_rows(weight)
+        return weight + (values.to(weight.dtype) * scales.to(weight.dtype).unsqueeze(-1) - weight).detach()
     return weight + (weight.to(getattr(torch, stored_dtype)).to(weight.dtype) - weight).detach()
 
 

@@ -39,11 +39,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pocketrec.device.bitpack import bits_for, code_dtype, pack_codes, packed_nbytes, unpack_codes
+from pocketrec.device.np_tables import dequantized_codebooks
 from pocketrec.tables.base import (
+    STORED_DTYPES,
     ItemTable,
     as_stored,
     check_stored_dtype,
     mask_padding_column,
+    quantize_rows,
     register_table,
     score_row_blocks,
 )
@@ -328,9 +331,10 @@ class CodebookTable(ItemTable):
     (buffer ``codes (num_items + 1, M)``, int64 in memory, row 0 unused); an item is the sum of its
     ``M`` codewords.
 
-    ``dtype`` is the stored (exported) precision of the codebooks. Training keeps float32 master weights
-    but every lookup sees them rounded to the stored precision (straight-through), so what is trained,
-    validated and tested is what the device gets. ``bitpack``
+    ``dtype`` is the stored (exported) precision of the codebooks: float32, float16, or int8 (each codeword
+    symmetric int8 with a float32 scale, :func:`~pocketrec.tables.base.quantize_rows`). Training keeps
+    float32 master weights but every lookup sees them rounded to the stored precision (straight-through),
+    so what is trained, validated and tested is what the device gets. ``bitpack``
     stores the codes at ``ceil(log2 K)`` bits each instead of uint8/uint16. A fresh table has random
     codes (from ``seed``, or torch's global generator when ``None``) and codewords drawn from
     ``N(0, (init_std / sqrt(M))^2)``, so item vectors start with the same scale as a dense table's.
@@ -352,7 +356,7 @@ class CodebookTable(ItemTable):
             raise ValueError(f"M (number of codebooks) must be >= 1, got {M}")
         if not 2 <= K <= 65536:
             raise ValueError(f"K (codebook size) must be in 2..65536, got {K}")
-        check_stored_dtype(dtype)
+        check_stored_dtype(dtype, STORED_DTYPES)
         self.M = int(M)
         self.K = int(K)
         self.stored_dtype = dtype
@@ -383,9 +387,12 @@ class CodebookTable(ItemTable):
     @staticmethod
     def bytes_for(num_items: int, dim: int, M: int, K: int, dtype: str = "float32",
                   bitpack: bool = False) -> int:
-        """Bytes of a codebook table without building it: ``M*K*dim*itemsize`` for the codebooks plus
-        ``n*M*itemsize(code dtype)`` for the codes, or ``ceil(n*M*ceil(log2 K)/8)`` when bit-packed."""
+        """Bytes of a codebook table without building it: ``M*K*dim*itemsize`` for the codebooks (int8: plus
+        ``M*K*4`` for the scales) plus ``n*M*itemsize(code dtype)`` for the codes, or
+        ``ceil(n*M*ceil(log2 K)/8)`` when bit-packed."""
         books = int(M) * int(K) * int(dim) * np.dtype(dtype).itemsize
+        if dtype == "int8":
+            books += int(M) * int(K) * 4
         count = int(num_items) * int(M)
         codes = packed_nbytes(count, bits_for(K)) if bitpack else count * code_dtype(K).itemsize
         return books + codes
@@ -396,7 +403,7 @@ class CodebookTable(ItemTable):
     # ---- lookups and scores -----------------------------------------------------------------------
 
     def stored_codebooks(self) -> Tensor:
-        """The codebooks at the stored precision (float16 rounding passes gradients straight through)."""
+        """The codebooks at the stored precision (the rounding passes gradients straight through)."""
         return as_stored(self.codebooks, self.stored_dtype)
 
     def forward(self, ids: Tensor) -> Tensor:
@@ -525,16 +532,21 @@ class CodebookTable(ItemTable):
     # ---- export -----------------------------------------------------------------------------------
 
     def export(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """``codebooks (M, K, dim)`` at the stored float dtype and ``codes`` of items ``1..n``: ``(n, M)``
-        uint8/uint16, or a 1-D uint8 bit stream when bit-packed (layout: :mod:`pocketrec.device.bitpack`)."""
-        books = self.codebooks.detach().cpu().numpy().astype(self.stored_dtype)
+        """``codebooks (M, K, dim)`` at the stored dtype (int8 adds ``codebook_scales (M, K)`` float32) and
+        ``codes`` of items ``1..n``: ``(n, M)`` uint8/uint16, or a 1-D uint8 bit stream when bit-packed
+        (layout: :mod:`pocketrec.device.bitpack`)."""
+        arrays: dict[str, np.ndarray] = {}
+        if self.stored_dtype == "int8":
+            values, scales = quantize_rows(self.codebooks)
+            arrays["codebooks"], arrays["codebook_scales"] = values.cpu().numpy(), scales.cpu().numpy()
+        else:
+            arrays["codebooks"] = self.codebooks.detach().cpu().numpy().astype(self.stored_dtype)
         codes = self.codes[1:].cpu().numpy().astype(self.code_dtype)
-        if self.bitpack:
-            codes = pack_codes(codes, self.code_bits)
+        arrays["codes"] = pack_codes(codes, self.code_bits) if self.bitpack else codes
         description = {"kind": self.kind, "num_items": self.num_items, "dim": self.dim, "M": self.M,
                        "K": self.K, "dtype": self.stored_dtype, "code_dtype": self.code_dtype,
                        "bitpack": self.bitpack, "code_bits": self.code_bits, "code_rows": "items_1_to_n"}
-        return {"codebooks": books, "codes": codes}, description
+        return arrays, description
 
     @classmethod
     def from_description(cls, description: dict[str, Any]) -> CodebookTable:
@@ -549,10 +561,10 @@ class CodebookTable(ItemTable):
     def from_export(cls, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> CodebookTable:
         table = cls.from_description(description)
         num_items, M, K, dim = table.num_items, table.M, table.K, table.dim
-        extra = sorted(set(arrays) - {"codebooks", "codes"})
-        if extra or "codebooks" not in arrays or "codes" not in arrays:
-            raise ValueError(f"codebook export needs arrays 'codebooks' and 'codes', got {sorted(arrays)}")
-        books, codes = arrays["codebooks"], arrays["codes"]
+        needed = {"codebooks", "codes"} | ({"codebook_scales"} if table.stored_dtype == "int8" else set())
+        if set(arrays) != needed:
+            raise ValueError(f"codebook export needs arrays {sorted(needed)}, got {sorted(arrays)}")
+        books, codes = dequantized_codebooks(arrays, table.stored_dtype), arrays["codes"]
         if books.shape != (M, K, dim):
             raise ValueError(f"codebooks have shape {books.shape}, expected {(M, K, dim)}")
         if table.bitpack:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from pocketrec.device.bitpack import pack_int4, unpack_int4
-from pocketrec.tables.base import ItemTable, mask_padding_column, register_table
+from pocketrec.tables.base import ItemTable, mask_padding_column, quantize_rows, register_table
 
 BITS = (8, 4)
 _SCORE_CHUNK = 65536
@@ -38,12 +38,8 @@ class QuantizedTable(ItemTable):
     @classmethod
     def from_rows(cls, rows: Tensor, bits: int = 8) -> QuantizedTable:
         """Quantise ``rows (num_items + 1, dim)`` (row 0 = padding, stored as zeros)."""
-        rows = rows.detach().float()
         table = cls(rows.shape[0] - 1, rows.shape[1], bits)
-        top = 2 ** (bits - 1) - 1
-        scales = rows.abs().amax(dim=1) / top
-        safe = torch.where(scales > 0, scales, torch.ones_like(scales))
-        values = torch.round(rows / safe.unsqueeze(1)).clamp_(-top, top).to(torch.int8)
+        values, scales = quantize_rows(rows, bits)
         values[0] = 0
         scales[0] = 0.0
         table.values.copy_(values)
