@@ -144,9 +144,12 @@ class TTScorer(NumpyTable):
         if description.get("ordered", False):
             _require(arrays, ["slots"], "tt")
             slots = np.concatenate([[0], np.asarray(arrays["slots"], dtype=np.int64)])
-            if slots.shape != (self.num_rows,) or slots[1:].min(initial=1) < 1 or slots.max() >= self.num_slots:
-                raise ValueError(f"tt slots must be {self.num_items} TT indices in 1..{self.num_slots - 1}")
+            if (slots.shape != (self.num_rows,) or slots[1:].min(initial=1) < 1 or slots.max() >= self.num_slots
+                    or np.unique(slots).size != slots.size):
+                raise ValueError(f"tt slots must be {self.num_items} distinct TT indices in 1..{self.num_slots - 1}")
             self.slots = slots
+        elif "slots" in arrays:
+            raise ValueError("tt table has a 'slots' array but its description is not ordered")
 
     def _step_all(self, state: np.ndarray, core: np.ndarray) -> np.ndarray:
         n, width, r_in = state.shape

@@ -56,8 +56,9 @@ of ``dim`` with the smallest ``Σ J_k`` whose ``J_2..J_K`` are divisible by ``t`
 Item order (``ordered=True``). By default item ``id`` lives at TT index ``id``. An ordered table keeps a
 permutation ``slots`` (item id -> TT index, the padding id at 0) and builds item ``id``'s row from the digits
 of ``slots[id]``; :func:`pocketrec.tables.tt_order.clustered_slots` picks slots so that items sharing a digit
-are alike. The permutation ships with the table (``uint16``/``uint32`` per item, counted in ``nbytes``);
-scoring rebuilds the rows in TT-index order and gathers the items' columns.
+are alike. The permutation ships with the table (the smallest unsigned type holding ``Π I_k`` values per item,
+counted in ``nbytes``); scoring rebuilds the rows in TT-index order and gathers the items' columns (one
+``batch x items`` copy; training's catalogue loss uses :meth:`full_weight`, which gathers rows instead).
 
 Initialisation: every core entry is drawn i.i.d. ``N(0, σ²)`` with one ``σ`` for all cores, chosen so
 the rebuilt rows have standard deviation ``init_std`` (0.02 by default, like :class:`DenseTable`): an
@@ -76,6 +77,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pocketrec.device.bitpack import code_dtype
 from pocketrec.tables.base import (
     ItemTable,
     as_stored,
@@ -234,11 +236,6 @@ def _core_shapes(items: Sequence[int], dims: Sequence[int], rank: int, t: int) -
     return shapes
 
 
-def slot_dtype(num_slots: int) -> str:
-    """Stored type of an item order over ``num_slots`` TT indices: the smallest unsigned type that holds them."""
-    return "uint16" if num_slots <= 1 << 16 else "uint32"
-
-
 def check_slots(slots: Tensor, num_items: int, num_slots: int) -> None:
     """``ValueError`` unless ``slots`` is an item order: ``(num_items + 1,)``, ``slots[0] = 0``, distinct, in range."""
     if slots.shape != (num_items + 1,):
@@ -329,11 +326,11 @@ class TTTable(ItemTable):
         order = 0
         if ordered:
             items, _ = _resolve(num_items, dim, rank, num_cores, t, item_factors, dim_factors)
-            order = num_items * np.dtype(slot_dtype(math.prod(items))).itemsize
+            order = num_items * code_dtype(math.prod(items)).itemsize
         return count * np.dtype(dtype).itemsize + order
 
     def nbytes(self) -> int:
-        order = 0 if self.slots is None else self.num_items * np.dtype(slot_dtype(self.num_slots)).itemsize
+        order = 0 if self.slots is None else self.num_items * code_dtype(self.num_slots).itemsize
         return sum(core.numel() for core in self.cores) * np.dtype(self.stored_dtype).itemsize + order
 
     @property
@@ -495,11 +492,11 @@ class TTTable(ItemTable):
                 "rank": self.rank, "t": self.t, "dtype": self.stored_dtype, "ordered": self.ordered}
 
     def export(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """``core_k`` at the stored dtype; an ordered table adds ``slots`` of items ``1..n`` (uint16/uint32)."""
+        """``core_k`` at the stored dtype; an ordered table adds ``slots`` of items ``1..n`` (smallest uint type)."""
         arrays = {f"core_{c}": core.detach().cpu().numpy().astype(self.stored_dtype)
                   for c, core in enumerate(self.cores)}
         if self.slots is not None:
-            arrays["slots"] = self.slots[1:].cpu().numpy().astype(slot_dtype(self.num_slots))
+            arrays["slots"] = self.slots[1:].cpu().numpy().astype(code_dtype(self.num_slots))
         return arrays, self._description()
 
     @classmethod

@@ -10,11 +10,18 @@ a meaning before the cores are fitted:
 * later digits = a slot within the cluster, matched to a second k-means of the items' residuals from
   their cluster centre (one centroid per slot position, shared by all clusters), one item per slot.
 
-With 2 cores and ``R ≥ J_1 + J_2`` the TT then contains "centre of the item's cluster + centre of its
-residual slot", the same structure as two-stage residual quantisation. ``benchmarks/tt_order.py`` measures it: the
+With 2 cores and enough rank (``R ≥ J_1 + J_2`` for a plain TT; the STP's ``G_2 ⊗ I_t`` needs about
+``t² J_1 + J_2``) the TT contains "centre of the item's cluster + centre of its residual slot", the same
+structure as two-stage residual quantisation; at smaller ranks the order still gives the shared slices
+alike items. With 3 or more cores only the first digit is a cluster: the later digits split the slot index.
+
+``benchmarks/tt_order.py`` measures it: the
 least-squares warm start of a 2-core STT at 30x fitted to the d = 128 Diginetica teacher's rows has relative
 error 0.945 with the dataset's order, 0.968 with a random one and 0.696 with this one (at rank 44 instead
-of 50: the order's 2 bytes per item come out of the budget).
+of 50: the order's 2 bytes per item come out of the budget, so the order's own effect is if anything larger).
+
+Memory: ``n x I_1`` costs for the clusters, then ``Π_{k≥2} I_k`` squared per cluster for the slots (one
+cluster at a time): fine for catalogues of ~10^5 items (Diginetica: ~10 s), not meant for millions.
 
 The padding id keeps slot 0 (so the table's padding handling is unchanged); items take slots ``1..``.
 The order has to ship with the table (:class:`~pocketrec.tables.tt.TTTable` counts it in ``nbytes``).
@@ -44,19 +51,19 @@ def balanced_assign(cost: Tensor, capacity: Tensor, bins: Tensor | None = None) 
     """
     n = cost.shape[0]
     room = capacity.to(torch.long).clone()
-    if bins is None:
-        bins = torch.arange(cost.shape[1]).expand(n, -1)
     if int(room.sum()) < n:
         raise ValueError(f"{n} rows do not fit in bins of total capacity {int(room.sum())}")
     assign = torch.full((n,), -1, dtype=torch.long)
     open_rows = torch.arange(n)
     while open_rows.numel():
-        row_bins = bins[open_rows]
-        row_cost = cost[open_rows].masked_fill(room[row_bins] <= 0, float("inf"))
+        if bins is None:  # candidates = all bins: the room mask broadcasts over rows
+            row_cost = cost[open_rows].masked_fill((room <= 0).unsqueeze(0), float("inf"))
+        else:
+            row_cost = cost[open_rows].masked_fill(room[bins[open_rows]] <= 0, float("inf"))
         best_cost, best = row_cost.min(dim=1)
         if torch.isinf(best_cost).any():
             raise ValueError("balanced_assign: a row has no candidate bin with room left")
-        choice = row_bins.gather(1, best.unsqueeze(1)).squeeze(1)
+        choice = best if bins is None else bins[open_rows].gather(1, best.unsqueeze(1)).squeeze(1)
         # rank the proposers of each bin by cost: sort by cost, then stably by bin
         by_cost = torch.argsort(best_cost, stable=True)
         order = by_cost[torch.argsort(choice[by_cost], stable=True)]
@@ -89,9 +96,14 @@ def clustered_slots(rows: Tensor, item_factors: Sequence[int], seed: int = 0, it
     cluster = balanced_assign(torch.cdist(rows, centres), capacity)
     residuals = rows - centres[cluster]
     slot_centres, _ = kmeans(residuals, per_first, iters=iters, seed=seed + 1)
-    cost = torch.cdist(residuals, slot_centres)  # (n, per_first): item i's cost for each slot position
-    bins = cluster.unsqueeze(1) * per_first + torch.arange(per_first).unsqueeze(0)
-    slot_room = torch.ones(first * per_first, dtype=torch.long)
-    slot_room[0] = 0
-    slots = balanced_assign(cost, slot_room, bins)
+    slots = torch.empty(n, dtype=torch.long)
+    for c in range(first):  # one item per slot position within each cluster
+        members = (cluster == c).nonzero().flatten()
+        if not members.numel():
+            continue
+        room = torch.ones(per_first, dtype=torch.long)
+        if c == 0:
+            room[0] = 0  # slot 0 is the padding id's
+        position = balanced_assign(torch.cdist(residuals[members], slot_centres), room)
+        slots[members] = c * per_first + position
     return torch.cat([torch.zeros(1, dtype=torch.long), slots])
