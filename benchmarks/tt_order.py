@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="least-squares steps (the recipe's default)")
     parser.add_argument("--orders", default="identity,random,clustered")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dry-run", action="store_true", help="print only; do not write results/tt_order.json")
     args = parser.parse_args()
 
     from pocketrec.methods.recipe import teacher_rows
@@ -65,7 +66,8 @@ def main() -> None:
                          "total_s": round(time.perf_counter() - start, 1)})
             print(rows[-1], flush=True)
     print_table(rows, ["dataset", "dim", "order", "rank", "bytes", "ratio", "fit_error", "order_s"])
-    write_rows("tt_order", rows, merge_key=("teacher", "order"))
+    if not args.dry_run:
+        write_rows("tt_order", rows, merge_key=("teacher", "order"))
 
 
 if __name__ == "__main__":

@@ -37,3 +37,13 @@ def test_codebook_rows_benchmark_times_every_implementation(tmp_path):
     rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in proc.stdout.splitlines() if ln.startswith("| 3,000")]
     assert [r[2] for r in rows] == ["8x4", "2x64"]
     assert all(float(v) > 0 for r in rows for v in r[3:])
+
+
+def test_tt_order_benchmark_fits_every_order(tiny_teacher_dir, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tt_order.py"), "--teachers",
+                           str(tiny_teacher_dir), "--ratio", "4", "--steps", "50", "--dry-run"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in proc.stdout.splitlines() if ln.startswith("| synthetic")]
+    assert [r[2] for r in rows] == ["identity", "random", "clustered"]
+    assert all(float(r[5]) >= 4.0 and 0.0 < float(r[6]) < 1.5 for r in rows)  # ratio met; a fit, not noise

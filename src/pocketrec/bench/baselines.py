@@ -43,8 +43,10 @@ def train_dense_small(teacher: SessionRecommender, data: Dataset, budget_bytes: 
     return model, run_training(model, data, train, out_dir, ce_loss(model), meta)
 
 
-def post_hoc_table(kind: str, teacher: SessionRecommender, budget_bytes: int | None, seed: int = 0):
-    """The teacher's item table compressed without training (``kind`` in :data:`POST_HOC`)."""
+def post_hoc_table(kind: str, teacher: SessionRecommender, budget_bytes: int | None, seed: int = 0,
+                   **layout: Any):
+    """The teacher's item table compressed without training (``kind`` in :data:`POST_HOC`); ``layout``
+    overrides the kmeans codebooks' EODRec layout keys (``dtype``, ``max_codebooks``, ``M``, ``K``...)."""
     rows = teacher_rows(teacher)
     if kind in ("int8", "int4"):
         return QuantizedTable.from_rows(rows, bits=int(kind[3:]))
@@ -52,14 +54,15 @@ def post_hoc_table(kind: str, teacher: SessionRecommender, budget_bytes: int | N
         if budget_bytes is None:
             raise ValueError("the kmeans baseline needs a budget")
         # the EODRec student's layout (M, K, precision, packing) with residual k-means codes, no training
-        return codebook_table_builder(codes="rq", seed=seed)(teacher, budget_bytes)[0]
+        return codebook_table_builder(codes="rq", seed=seed, **layout)(teacher, budget_bytes)[0]
     raise ValueError(f"unknown post-hoc baseline {kind!r} (known: {', '.join(POST_HOC)})")
 
 
 def post_hoc_model(kind: str, teacher: SessionRecommender, data: Dataset, budget_bytes: int | None,
-                   out_dir: str | Path | None = None, seed: int = 0) -> tuple[SessionRecommender, dict[str, Any]]:
+                   out_dir: str | Path | None = None, seed: int = 0, **layout: Any,
+                   ) -> tuple[SessionRecommender, dict[str, Any]]:
     """The teacher with a post-hoc compressed table, evaluated on validation and test; saved to ``out_dir/best``."""
-    table = post_hoc_table(kind, teacher, budget_bytes, seed)
+    table = post_hoc_table(kind, teacher, budget_bytes, seed, **layout)
     model = SessionRecommender(teacher.config, table)
     copy_weights(teacher, model, skip_prefix="table.")
     model.eval()
