@@ -5,8 +5,7 @@ At a budget of ``--ratio`` x less than the teacher's dense fp32 table, the budge
 precision (int8 codebooks cost a quarter of float32's plus a float32 scale per codeword, so more of the
 budget buys codes), residual k-means fits the codes, and the teacher's encoder scores with the table.
 Prints M x K, bytes, the relative reconstruction error of the rows (``|e - e_hat|^2 / |e|^2``, averaged
-over items before the ratio) and validation (``--test``: and test)
-Recall@20 / MRR@20::
+over items before the ratio) and validation and test Recall@20 / MRR@20::
 
     python benchmarks/codebook_precision.py --teacher runs/bench-d256/teacher-d256-lr5e4-diginetica/best \\
         --ratio 40 --max_codebooks 192
@@ -26,7 +25,6 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=40.0)
     parser.add_argument("--dtypes", default="float16,int8")
     parser.add_argument("--max_codebooks", type=int, default=192)
-    parser.add_argument("--test", action="store_true", help="also evaluate on the test split")
     args = parser.parse_args()
 
     from pocketrec.bench.baselines import post_hoc_model
@@ -40,24 +38,23 @@ def main() -> None:
     data = load_dataset(meta["dataset"])
     dense = DenseTable.bytes_for(teacher.num_items, teacher.config.dim)
     budget = int(dense / args.ratio)
-    rows = [{"dtype": "teacher (dense fp32)", "bytes": dense, **split_metrics(evaluate(teacher, data.valid), "valid")}]
+    rows = [{"dtype": "teacher (dense fp32)", "bytes": dense, **split_metrics(evaluate(teacher, data.valid), "valid"),
+             **split_metrics(meta["test"], "test")}]
     for dtype in args.dtypes.split(","):
         start = time.perf_counter()
-        model, _ = post_hoc_model("kmeans", teacher, data, budget, dtype=dtype, max_codebooks=args.max_codebooks)
+        model, scores = post_hoc_model("kmeans", teacher, data, budget, dtype=dtype, max_codebooks=args.max_codebooks)
         table, weight = model.table, teacher_rows(teacher)
         error = table.reconstruction_error(weight) / float(weight[1:].pow(2).sum(1).mean())
         row = {"dtype": dtype, "layout": f"{table.M} x {table.K}", "bytes": table.nbytes(),
                "ratio": dense / table.nbytes(), "code_error": round(error, 4),
-               **split_metrics(evaluate(model, data.valid), "valid")}
-        if args.test:
-            row.update(split_metrics(evaluate(model, data.test), "test"))
-        row["seconds"] = round(time.perf_counter() - start, 1)
+               **split_metrics(scores["valid"], "valid"), **split_metrics(scores["test"], "test"),
+               "seconds": round(time.perf_counter() - start, 1)}
         rows.append(row)
         print(row, flush=True)
     for row in rows:
         row.update(teacher=args.teacher, ratio_target=args.ratio)
-    columns = ["dtype", "layout", "bytes", "ratio", "code_error", "valid_R@20", "valid_MRR@20"]
-    print_table(rows, columns + (["test_R@20", "test_MRR@20"] if args.test else []))
+    print_table(rows, ["dtype", "layout", "bytes", "ratio", "code_error", "valid_R@20", "valid_MRR@20", "test_R@20",
+                       "test_MRR@20"])
     write_rows("codebook_precision", rows, merge_key=("teacher", "ratio_target", "dtype"))
 
 

@@ -246,6 +246,13 @@ def test_int8_table_scores_with_the_exported_codebooks() -> None:
     assert table.codebooks.grad is not None and table.codebooks.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="codebook_scales"):
         CodebookTable.from_export({k: v for k, v in arrays.items() if k != "codebook_scales"}, description)
+    # the device runtime never reads int8 codebooks as floats (or floats as int8)
+    from pocketrec.device.np_tables import CodebookScorer
+
+    with pytest.raises(ValueError, match="unexpected arrays"):
+        CodebookScorer(arrays, {**description, "dtype": "float16"})
+    with pytest.raises(ValueError, match="codebooks are int8"):
+        CodebookScorer({k: v for k, v in arrays.items() if k != "codebook_scales"}, {**description, "dtype": "float16"})
     # a quarter of float32's codebook bytes, plus 4 B of scale per codeword
     assert (CodebookTable.bytes_for(40, 8, 3, 16, "float32") - CodebookTable.bytes_for(40, 8, 3, 16, "int8")
             == 3 * 16 * (8 * 3 - 4))

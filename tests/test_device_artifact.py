@@ -124,6 +124,20 @@ def test_size_on_disk_within_two_percent(tmp_path, kind):
     assert abs(path.stat().st_size - expected) <= 0.02 * expected
 
 
+def test_fp16_export_leaves_int8_codebooks_as_they_are(setup):
+    data, models, root = setup
+    model = models["codebook_int8"]
+    full, _ = read_artifact(export_artifact(model, root / "i8.safetensors"))
+    half, manifest = read_artifact(export_artifact(model, root / "i8-16.safetensors", fp16=True))
+    for name in ("table/codebooks", "table/codebook_scales", "table/codes"):
+        assert half[name].dtype == full[name].dtype and np.array_equal(half[name], full[name])
+    assert json.loads(manifest["table"])["dtype"] == "int8"
+    session = np.asarray(data.test.sequences[0][:5])
+    with torch.no_grad():
+        expected = model.score(torch.as_tensor(session).view(1, -1))[0].numpy()
+    np.testing.assert_allclose(load(root / "i8-16.safetensors").scores(session)[1:], expected[1:], atol=2e-2)
+
+
 @pytest.mark.parametrize("kind", ["dense", "codebook"])
 def test_fp16_halves_float_parts(setup, kind):
     data, models, root = setup

@@ -48,6 +48,8 @@ def post_hoc_table(kind: str, teacher: SessionRecommender, budget_bytes: int | N
     """The teacher's item table compressed without training (``kind`` in :data:`POST_HOC`); ``layout``
     overrides the kmeans codebooks' EODRec layout keys (``dtype``, ``max_codebooks``, ``M``, ``K``...)."""
     rows = teacher_rows(teacher)
+    if layout and kind != "kmeans":
+        raise ValueError(f"layout keys {sorted(layout)} apply to the kmeans baseline only, not {kind!r}")
     if kind in ("int8", "int4"):
         return QuantizedTable.from_rows(rows, bits=int(kind[3:]))
     if kind == "kmeans":

@@ -49,8 +49,11 @@ def _encoder_arrays(model: Any, fp16: bool) -> dict[str, np.ndarray]:
 
 
 def _table_arrays(table: Any, fp16: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The table's exported arrays under ``table/``; ``fp16`` halves a float table's float32 weights (an
+    int8-codebook table is already below that: it is left as it is, scales included)."""
     arrays, description = table.export()
     description = dict(description)
+    fp16 = fp16 and description.get("dtype") != "int8"
     out = {}
     for name, arr in arrays.items():
         if fp16 and arr.dtype == np.float32:

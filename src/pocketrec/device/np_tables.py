@@ -81,6 +81,8 @@ class NumpyTable:
 def dequantized_codebooks(arrays: dict[str, np.ndarray], dtype: str) -> np.ndarray:
     """Exported codebooks as float32 ``(M, K, dim)``: int8 ones times their ``codebook_scales (M, K)``."""
     books = arrays["codebooks"]
+    if (books.dtype == np.int8) != (dtype == "int8"):
+        raise ValueError(f"codebooks are {books.dtype} but the table's dtype is {dtype!r}")
     if dtype != "int8":
         return np.asarray(books, dtype=np.float32)
     scales = np.asarray(arrays["codebook_scales"], dtype=np.float32)
@@ -226,7 +228,10 @@ class CodebookScorer(NumpyTable):
     def __init__(self, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> None:
         super().__init__(arrays, description)
         dtype = str(description.get("dtype", "float32"))
-        _require(arrays, ["codebooks", "codes"] + (["codebook_scales"] if dtype == "int8" else []), "codebook")
+        names = ["codebooks", "codes"] + (["codebook_scales"] if dtype == "int8" else [])
+        _require(arrays, names, "codebook")
+        if set(arrays) != set(names):
+            raise ValueError(f"codebook table has unexpected arrays {sorted(set(arrays) - set(names))}")
         self.M, self.K = int(description["M"]), int(description["K"])
         books = dequantized_codebooks(arrays, dtype)
         if books.shape != (self.M, self.K, self.dim):
