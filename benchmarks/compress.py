@@ -112,7 +112,8 @@ def run_variant(method: str, name: str, teacher_dir: Path, data, cfg, out: Path,
         vcfg = dataclasses.replace(variant_config(method, name, cfg), out=str(run_dir))
         model, result = recipe.compress_from_config(vcfg, data)
         fit, test, table_bytes = result.fit, result.test, result.table_bytes
-        keys = ("tt_rank", "t", "num_cores", "warm_start_error", "M", "K", "codes", "code_mse", "code_learning")
+        keys = ("tt_rank", "t", "num_cores", "order", "warm_start_error", "M", "K", "dtype", "codes", "code_mse",
+                "code_learning")
         extra = {k: result.meta[k] for k in keys if k in result.meta}
     return {"dataset": data.name, "method": name + tag, "table_bytes": table_bytes, "dense_table_bytes": dense_bytes,
             "ratio": dense_bytes / table_bytes, "recall@20": test["recall@20"], "mrr@20": test["mrr@20"],
