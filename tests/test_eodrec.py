@@ -1,5 +1,7 @@
 """The EODRec recipe end to end on synthetic sessions: a truly compressed codebook student that learns."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -49,33 +51,32 @@ def test_teacher_learning_from_the_student_changes_only_the_teacher_side(synthet
     assert all(torch.equal(v, load_checkpoint(tiny_teacher_dir)[0].state_dict()[k]) for k, v in frozen.items())
 
 
+def narrower_codebooks_buy_code_bits(data, teacher_dir, out: Path, wider: str, narrower: str, max_codebooks: int):
+    """Students at one budget with ``wider`` and ``narrower`` codebook precisions: the narrower stores as it
+    says, buys more code bits, and its checkpoint reproduces what was tested. Returns both results."""
+    wide, wide_result = compress_eodrec(teacher_dir, data, "4x", codes="rq", max_codebooks=max_codebooks,
+                                        dtype=wider, train=student_train_config(1))
+    narrow, result = compress_eodrec(teacher_dir, data, "4x", codes="rq", max_codebooks=max_codebooks,
+                                     dtype=narrower, out_dir=out, train=student_train_config(1))
+    bits = [t.table.M * (t.table.K.bit_length() - 1) for t in (wide, narrow)]
+    assert narrow.table.stored_dtype == narrower and bits[1] > bits[0]  # smaller codebooks leave bytes for codes
+    model, meta = load_checkpoint(out / "best")
+    assert meta["dtype"] == narrower and model.table.stored_dtype == narrower
+    assert evaluate(model, data.test) == result.test  # the checkpoint reproduces what was tested
+    return wide_result, result
+
+
 def test_float16_codebooks_buy_code_bits_and_train_as_stored(synthetic_data, tiny_teacher_dir, tmp_path):
-    budget = "4x"
-    full, full_result = compress_eodrec(tiny_teacher_dir, synthetic_data, budget, codes="rq", max_codebooks=32,
-                                        dtype="float32", train=student_train_config(1))
-    half, result = compress_eodrec(tiny_teacher_dir, synthetic_data, budget, codes="rq", max_codebooks=32,
-                                   dtype="float16", out_dir=tmp_path / "half", train=student_train_config(1))
-    bits = [t.table.M * (t.table.K.bit_length() - 1) for t in (full, half)]
-    assert half.table.stored_dtype == "float16" and bits[1] > bits[0]  # halved codebooks leave bytes for codes
+    full_result, result = narrower_codebooks_buy_code_bits(synthetic_data, tiny_teacher_dir, tmp_path / "half",
+                                                           "float32", "float16", max_codebooks=32)
     assert result.table_bytes <= full_result.table_bytes * 1.05
-    model, meta = load_checkpoint(tmp_path / "half" / "best")
-    assert meta["dtype"] == "float16" and model.table.stored_dtype == "float16"
-    assert evaluate(model, synthetic_data.test) == result.test  # the checkpoint reproduces what was tested
 
 
 def test_int8_codebooks_buy_more_code_bits_than_float16(synthetic_data, tiny_teacher_dir, tmp_path):
-    budget = "4x"
-    half, half_result = compress_eodrec(tiny_teacher_dir, synthetic_data, budget, codes="rq", max_codebooks=64,
-                                        dtype="float16", train=student_train_config(1))
-    int8, result = compress_eodrec(tiny_teacher_dir, synthetic_data, budget, codes="rq", max_codebooks=64,
-                                   dtype="int8", out_dir=tmp_path / "int8", train=student_train_config(1))
-    bits = [t.table.M * (t.table.K.bit_length() - 1) for t in (half, int8)]
-    assert int8.table.stored_dtype == "int8" and bits[1] > bits[0]
+    half_result, result = narrower_codebooks_buy_code_bits(synthetic_data, tiny_teacher_dir, tmp_path / "int8",
+                                                           "float16", "int8", max_codebooks=64)
     assert result.table_bytes <= result.dense_table_bytes / 4
     assert result.test["recall@20"] > 0.5 * half_result.test["recall@20"]  # it learns like the float16 one
-    model, meta = load_checkpoint(tmp_path / "int8" / "best")
-    assert meta["dtype"] == "int8" and model.table.stored_dtype == "int8"
-    assert evaluate(model, synthetic_data.test) == result.test  # the checkpoint reproduces what was tested
 
 
 def test_bad_input(synthetic_data, tiny_teacher_dir, tmp_path):

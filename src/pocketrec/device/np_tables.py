@@ -78,6 +78,19 @@ class NumpyTable:
         return np.maximum(norms, np.float32(1e-8))
 
 
+def check_slots(slots: np.ndarray, num_items: int, num_slots: int) -> None:
+    """``ValueError`` unless ``slots`` is a TT item order: ``(num_items + 1,)``, ``slots[0] = 0`` (the padding
+    id), the items' slots distinct and in ``1..num_slots - 1``."""
+    if slots.shape != (num_items + 1,):
+        raise ValueError(f"slots must have shape ({num_items + 1},), got {tuple(slots.shape)}")
+    if int(slots[0]) != 0:
+        raise ValueError(f"slots[0] (the padding id) must be 0, got {int(slots[0])}")
+    if slots.size > 1 and (int(slots[1:].min()) < 1 or int(slots.max()) >= num_slots):
+        raise ValueError(f"item slots must lie in 1..{num_slots - 1}")
+    if np.unique(slots).size != slots.size:
+        raise ValueError("slots must be distinct (two items would share a TT row)")
+
+
 def dequantized_codebooks(arrays: dict[str, np.ndarray], dtype: str) -> np.ndarray:
     """Exported codebooks as float32 ``(M, K, dim)``: int8 ones times their ``codebook_scales (M, K)``."""
     books = arrays["codebooks"]
@@ -146,9 +159,7 @@ class TTScorer(NumpyTable):
         if description.get("ordered", False):
             _require(arrays, ["slots"], "tt")
             slots = np.concatenate([[0], np.asarray(arrays["slots"], dtype=np.int64)])
-            if (slots.shape != (self.num_rows,) or slots[1:].min(initial=1) < 1 or slots.max() >= self.num_slots
-                    or np.unique(slots).size != slots.size):
-                raise ValueError(f"tt slots must be {self.num_items} distinct TT indices in 1..{self.num_slots - 1}")
+            check_slots(slots, self.num_items, self.num_slots)
             self.slots = slots
         elif "slots" in arrays:
             raise ValueError("tt table has a 'slots' array but its description is not ordered")

@@ -78,6 +78,7 @@ import torch
 from torch import Tensor, nn
 
 from pocketrec.device.bitpack import code_dtype
+from pocketrec.device.np_tables import check_slots
 from pocketrec.tables.base import (
     ItemTable,
     as_stored,
@@ -236,16 +237,9 @@ def _core_shapes(items: Sequence[int], dims: Sequence[int], rank: int, t: int) -
     return shapes
 
 
-def check_slots(slots: Tensor, num_items: int, num_slots: int) -> None:
-    """``ValueError`` unless ``slots`` is an item order: ``(num_items + 1,)``, ``slots[0] = 0``, distinct, in range."""
-    if slots.shape != (num_items + 1,):
-        raise ValueError(f"slots must have shape ({num_items + 1},), got {tuple(slots.shape)}")
-    if int(slots[0]) != 0:
-        raise ValueError(f"slots[0] (the padding id) must be 0, got {int(slots[0])}")
-    if slots.numel() > 1 and (int(slots[1:].min()) < 1 or int(slots.max()) >= num_slots):
-        raise ValueError(f"item slots must lie in 1..{num_slots - 1}")
-    if torch.unique(slots).numel() != slots.numel():
-        raise ValueError("slots must be distinct (two items would share a TT row)")
+def order_nbytes(num_items: int, num_slots: int) -> int:
+    """Bytes of a shipped item order: one slot per item in the smallest unsigned type holding ``num_slots``."""
+    return num_items * code_dtype(num_slots).itemsize
 
 
 # ------------------------------------------------------------------------------------------------ table
@@ -326,11 +320,11 @@ class TTTable(ItemTable):
         order = 0
         if ordered:
             items, _ = _resolve(num_items, dim, rank, num_cores, t, item_factors, dim_factors)
-            order = num_items * code_dtype(math.prod(items)).itemsize
+            order = order_nbytes(num_items, math.prod(items))
         return count * np.dtype(dtype).itemsize + order
 
     def nbytes(self) -> int:
-        order = 0 if self.slots is None else self.num_items * code_dtype(self.num_slots).itemsize
+        order = 0 if self.slots is None else order_nbytes(self.num_items, self.num_slots)
         return sum(core.numel() for core in self.cores) * np.dtype(self.stored_dtype).itemsize + order
 
     @property
@@ -343,7 +337,7 @@ class TTTable(ItemTable):
         if self.slots is None:
             raise ValueError("this TT table was built without an item order (ordered=False)")
         slots = torch.as_tensor(slots, dtype=torch.long).reshape(-1)
-        check_slots(slots, self.num_items, self.num_slots)
+        check_slots(slots.cpu().numpy(), self.num_items, self.num_slots)
         self.slots.copy_(slots.to(self.slots.device))
 
     def slot_of(self, ids: Tensor) -> Tensor:
