@@ -97,9 +97,9 @@ class EODRecConfig(RecipeConfig):
 
 def codebook_table_builder(M: int = 0, K: int = 0, bitpack: bool = True,
                            max_codebooks: int = DEFAULT_MAX_CODEBOOKS, codes: str = "learned", code_epochs: int = 10,
-                           seed: int = 0, dtype: str = DEFAULT_DTYPE):
+                           seed: int = 0, dtype: str = DEFAULT_DTYPE, progress: bool = False):
     """The EODRec :data:`~pocketrec.methods.recipe.TableBuilder`: ``(M, K)`` for the budget, codes and
-    codebooks fitted to the teacher's rows."""
+    codebooks fitted to the teacher's rows (``progress``: a bar over the code learning's epochs)."""
     if codes not in CODE_SOURCES:
         raise ValueError(f"codes must be one of {CODE_SOURCES}, got {codes!r}")
 
@@ -113,7 +113,8 @@ def codebook_table_builder(M: int = 0, K: int = 0, bitpack: bool = True,
             table = CodebookTable.from_vectors(rows, m, k, method=codes, seed=seed, dtype=dtype, bitpack=bitpack)
         else:
             table, learned = learn_codes_with_report(rows, m, k, epochs=code_epochs, seed=seed, dtype=dtype,
-                                                     bitpack=bitpack, select_best=codes == "learned")
+                                                     bitpack=bitpack, select_best=codes == "learned",
+                                                     progress=progress)
             report = learned.to_dict()
             report.pop("train_loss")
         return table, {"M": m, "K": k, "bitpack": bitpack, "dtype": dtype, "codes": codes,
@@ -142,7 +143,7 @@ def compress_eodrec(teacher_checkpoint: str | Path, dataset: Dataset, budget: st
     train = train or TrainConfig()
     refresh = code_refresh or CodeRefreshConfig()
     base_builder = codebook_table_builder(M, K, bitpack, max_codebooks, codes, code_epochs, seed=train.seed,
-                                          dtype=dtype)
+                                          dtype=dtype, progress=train.progress)
 
     def builder(teacher: SessionRecommender, budget_bytes: int) -> tuple[ItemTable, dict]:
         table, meta = base_builder(teacher, budget_bytes)
