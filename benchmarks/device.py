@@ -14,6 +14,7 @@ encoder), measures, each runtime in its own fresh subprocess with one thread
   random history of ``--history-len`` items, over ``--repeats`` runs after a warm-up.
 
     python benchmarks/device.py runs/teacher-tmall/best
+    python benchmarks/device.py runs/bench/eodrec-d512-int8-diginetica/best --label eodrec-d512-int8 --no-onnx
     python benchmarks/device.py --synthetic-items 100000 --kind codebook --dim 64
     python benchmarks/device.py --synthetic-items 1000000 --dim 256 --kind codebook --table-ratio 64 --no-onnx
 
@@ -155,6 +156,8 @@ def main() -> None:
     parser.add_argument("--history-len", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-onnx", action="store_true", help="measure the numpy runtime only")
+    parser.add_argument("--label", default="", help="the rows' method name (default: the checkpoint's method, "
+                        "e.g. teacher; set it to tell models of one dataset apart)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -191,7 +194,7 @@ def main() -> None:
     tensors, manifest = read_artifact(artifact)
     description = json.loads(manifest["table"])
     dataset = dataset or manifest.get("dataset", "") or artifact.stem
-    method = method or description["kind"]
+    method = args.label or method or description["kind"]
     num_items, dim = int(manifest["num_items"]), int(description["dim"])
     common = {
         "dataset": dataset, "method": method, "table_kind": description["kind"], "num_items": num_items,
