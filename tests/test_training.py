@@ -63,7 +63,7 @@ def test_checkpoint_refuses_other_data_and_damage(data, tmp_path):
     bad = tmp_path / "bad"
     save_checkpoint(bad, model, {})
     meta_file = bad / "checkpoint.json"
-    meta_file.write_text(meta_file.read_text().replace('"version": 1', '"version": 99'))
+    meta_file.write_text(meta_file.read_text().replace('"version": 2', '"version": 99'))
     with pytest.raises(CheckpointError, match="version 99 is not supported"):
         load_checkpoint(bad)
     save_checkpoint(bad, model, {})

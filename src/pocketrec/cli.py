@@ -42,7 +42,9 @@ def train(ctx: typer.Context,
           dataset: str = typer.Option("ml-100k", help="dataset name (see `pocketrec datasets`) or a path"),
           out: Path = typer.Option(None, help="run folder; default runs/teacher-DATASET"),
           config: Path | None = typer.Option(None, help="YAML file with encoder:/train: sections"),
-          resume: bool = typer.Option(False, help="continue from OUT/last if it exists"),
+          resume: bool = typer.Option(False, help="continue the run in OUT (from OUT/last)"),
+          overwrite: bool = typer.Option(False, help="replace the run in OUT (kept until the new run's first "
+                                                     "checkpoint)"),
           quiet: bool = typer.Option(False, help="no progress bars")) -> None:
     """Train a teacher (session encoder + dense item table) and keep its best-on-validation checkpoint.
 
@@ -52,10 +54,12 @@ def train(ctx: typer.Context,
     from pocketrec.data.registry import load_dataset
     from pocketrec.eval.metrics import format_metrics
     from pocketrec.train.teacher import TeacherConfig, final_test_metrics, train_teacher
+    from pocketrec.train.trainer import check_run_folder
 
     try:
         cfg = load_config(TeacherConfig, config, [*ctx.args, f"dataset={dataset}"])
         cfg.out = str(out or Path("runs") / f"teacher-{Path(dataset).stem}")
+        check_run_folder(cfg.out, resume=resume, overwrite=overwrite)
         if quiet:
             cfg.train.progress = False
         data = load_dataset(cfg.dataset)
@@ -73,14 +77,13 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="checkpoint folder (e.g
              split: str = typer.Option("test", help="valid or test"),
              as_json: bool = typer.Option(False, "--json", help="print metrics as JSON")) -> None:
     """Evaluate a checkpoint with full ranking (Recall/MRR/NDCG at 5, 10, 20)."""
-    from pocketrec.data.registry import load_dataset
     from pocketrec.eval.evaluate import evaluate as run_eval
     from pocketrec.train.checkpoint import load_checkpoint
-    from pocketrec.train.compat import check_compatible
+    from pocketrec.train.compat import check_compatible, load_dataset_of
 
     try:
         model, meta = load_checkpoint(checkpoint)
-        data = load_dataset(dataset or meta["dataset"])
+        data = load_dataset_of(meta, dataset, what=str(checkpoint))
         check_compatible(meta, data, what=str(checkpoint))
         if split not in ("valid", "test"):
             raise ValueError(f"--split must be 'valid' or 'test', got {split!r}")
@@ -228,32 +231,52 @@ def _demo_recommendation(data, rows) -> None:
 
 @app.command()
 def export(checkpoint: Path = typer.Argument(..., help="checkpoint folder (e.g. runs/teacher-tmall/best)"),
-           out: Path = typer.Option(..., "-o", "--out", help="output file (model.safetensors or model.onnx)"),
+           out: Path = typer.Option(..., "-o", "--out", help="output file (model.safetensors or model.onnx), "
+                                                            "outside the checkpoint folder"),
            fp16: bool = typer.Option(False, "--fp16", help="store the encoder and float table parts as float16"),
-           fmt: str = typer.Option("safetensors", "--format", help="safetensors (numpy runtime) or onnx"),
-           k: int = typer.Option(100, help="ONNX only: number of ranked items the graph returns")) -> None:
+           fmt: str | None = typer.Option(None, "--format", help="safetensors (numpy runtime) or onnx; default: "
+                                                                 "onnx for a .onnx OUT, else safetensors"),
+           k: int = typer.Option(100, help="ONNX only: number of ranked items the graph returns"),
+           sign_key: Path | None = typer.Option(None, "--sign-key", help="sign the artifact with the key in this "
+                                                                         "file (default: $POCKETREC_SIGNING_KEY "
+                                                                         "when set)")) -> None:
     """Write a checkpoint as one device file: a .safetensors artifact for the numpy runtime, or ONNX.
 
     Example: pocketrec export runs/teacher-tmall/best -o tmall.safetensors --fp16
+
+    Signing (safetensors only): --sign-key FILE, else the key in $POCKETREC_SIGNING_KEY when it is set;
+    devices verify with `pocketrec recommend --verify-key FILE` (or the same variable).
     """
+    import os
+
     from pocketrec.device.runtime import ArtifactError
+    from pocketrec.device.signing import ENV_KEY, key_from_env, read_key
 
     try:
+        by_suffix = {".onnx": "onnx", ".safetensors": "safetensors"}.get(out.suffix.lower())
+        fmt = fmt or by_suffix or "safetensors"
+        if fmt not in ("safetensors", "onnx"):
+            raise ValueError(f"--format must be 'safetensors' or 'onnx', got {fmt!r}")
+        if by_suffix and fmt != by_suffix:
+            raise ValueError(f"--format {fmt} contradicts the file name {out}; drop --format or rename the file")
         if fmt == "safetensors":
             from pocketrec.device.artifact import export_artifact
 
-            export_artifact(checkpoint, out, fp16=fp16)
-        elif fmt == "onnx":
+            key = read_key(sign_key) if sign_key is not None else key_from_env()
+            written = export_artifact(checkpoint, out, fp16=fp16, key=key)
+        else:
             if fp16:
                 raise ValueError("--fp16 is only supported with --format safetensors")
+            if sign_key is not None:
+                raise ValueError("--sign-key is only supported with --format safetensors (ONNX files are not signed)")
             from pocketrec.device.onnx_export import export_onnx
 
-            export_onnx(checkpoint, out, k=k)
-        else:
-            raise ValueError(f"--format must be 'safetensors' or 'onnx', got {fmt!r}")
-    except (*user_errors(), ArtifactError) as err:
+            written = export_onnx(checkpoint, out, k=k)
+    except (*user_errors(), ArtifactError, OSError) as err:
         fail(str(err))
-    console.print(f"wrote {out} ({out.stat().st_size:,} bytes)")
+    if fmt == "onnx" and os.environ.get(ENV_KEY):
+        console.print(f"[yellow]warning:[/yellow] {ENV_KEY} is set but ONNX files are not signed")
+    console.print(f"wrote {written} ({written.nbytes:,} bytes)")
 
 
 @app.command()
@@ -261,20 +284,32 @@ def recommend(artifact: Path = typer.Argument(..., help="device artifact (.safet
               history: str = typer.Option(..., help="comma-separated raw item ids, oldest first"),
               k: int = typer.Option(10, "-k", help="number of items to recommend"),
               exclude_history: bool = typer.Option(False, help="do not recommend items of the history"),
-              as_json: bool = typer.Option(False, "--json", help="print ids and scores as JSON")) -> None:
+              as_json: bool = typer.Option(False, "--json", help="print ids and scores as JSON"),
+              verify_key: Path | None = typer.Option(None, "--verify-key", help="refuse the artifact unless it "
+                                                                                "is signed with the key in this "
+                                                                                "file (default: "
+                                                                                "$POCKETREC_SIGNING_KEY when set)")
+              ) -> None:
     """Recommend with the numpy runtime (no PyTorch): ranked raw item ids and scores.
 
     Example: pocketrec recommend tmall.safetensors --history 12,7,99 -k 10
+
+    With --verify-key FILE, or else with $POCKETREC_SIGNING_KEY set, an unsigned artifact or one signed with
+    another key is refused.
     """
     import warnings
 
     from pocketrec.device.runtime import load
+    from pocketrec.device.signing import key_from_env, read_key
 
     items = [h.strip() for h in history.split(",") if h.strip()]
     try:
+        if k < 1:
+            raise ValueError(f"-k must be at least 1, got {k}")
+        key = read_key(verify_key) if verify_key is not None else key_from_env()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model = load(artifact)
+            model = load(artifact, key=key)
             ids, scores = model.recommend(items, k=k, exclude_history=exclude_history)
     except user_errors() as err:
         fail(str(err))
@@ -297,6 +332,8 @@ def compress(ctx: typer.Context,
              dataset: str | None = typer.Option(None, help="dataset; default: the one the teacher was trained on"),
              out: Path | None = typer.Option(None, help="run folder; default runs/METHOD-DATASET-BUDGET"),
              config: Path | None = typer.Option(None, help="YAML file with distill:/train: sections"),
+             overwrite: bool = typer.Option(False, help="replace the run in OUT (kept until the new run's "
+                                                        "first checkpoint)"),
              quiet: bool = typer.Option(False, help="no progress bars")) -> None:
     """Compress a teacher into a small student that fits a byte budget for its item table.
 
@@ -310,10 +347,11 @@ def compress(ctx: typer.Context,
     """
     import importlib
 
-    from pocketrec.data.registry import load_dataset
     from pocketrec.eval.metrics import format_metrics
     from pocketrec.search.budget import format_bytes
     from pocketrec.train.checkpoint import read_meta
+    from pocketrec.train.compat import dataset_of, load_dataset_of
+    from pocketrec.train.trainer import check_run_folder
 
     methods = ("odrec", "eodrec")
     try:
@@ -325,16 +363,15 @@ def compress(ctx: typer.Context,
         config_cls = {"odrec": "ODRecConfig", "eodrec": "EODRecConfig"}[method]
 
         teacher_meta = read_meta(teacher)
-        name = dataset or teacher_meta.get("dataset")
-        if not name:
-            raise ValueError(f"{teacher}: the checkpoint does not name its dataset; pass --dataset")
+        name = dataset_of(teacher_meta, dataset, what=f"teacher {teacher}")
         given = [f"teacher={teacher}", f"dataset={name}", *([f"budget={budget}"] if budget else [])]
         cfg = load_config(getattr(recipe, config_cls), config, [*ctx.args, *given])
         cfg.out = str(out or cfg.out or Path("runs") / f"{method}-{Path(str(name)).stem}-"
                                                        f"{cfg.budget.replace('%', 'pct')}")
+        check_run_folder(cfg.out, overwrite=overwrite)
         if quiet:
             cfg.train.progress = False
-        data = load_dataset(cfg.dataset)
+        data = load_dataset_of(teacher_meta, dataset, what=f"teacher {teacher}")
         console.print(f"{data.name}: {data.num_items:,} items; teacher {teacher}; budget {cfg.budget}")
         student, result = recipe.compress_from_config(cfg, data)
     except user_errors() as err:

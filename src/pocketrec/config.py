@@ -6,8 +6,11 @@ Nested dataclasses are addressed with dots: ``--encoder.dim=128 --train.lr=0.002
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +23,59 @@ class ConfigError(ValueError):
     """A configuration key or value that does not fit the dataclass."""
 
 
+_YAML_BOOL_HINT = " (YAML reads yes/no/on/off/true/false as booleans: quote the value)"
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+def _as_int(value: Any) -> int:
+    """Whole numbers only: ``3``, ``3.0``, ``"3"``, ``"3.0"``; never ``2.7`` or ``True`` (a bool is an int to
+    Python, but ``epochs: true`` is a mistake, not 1)."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            value = float(value.strip())  # "3.0" or "1e3", checked below like a YAML float
+    if isinstance(value, numbers.Real) and float(value).is_integer():
+        return int(value)
+    raise ValueError(value)
+
+
+def _as_float(value: Any) -> float:
+    """A finite number (int, float or numeric string), never a bool."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
+        raise ValueError(value)
+    out = float(value.strip() if isinstance(value, str) else value)
+    if not math.isfinite(out):
+        raise ValueError(value)
+    return out
+
+
+def _as_str(value: Any) -> str:
+    """Text, or a number YAML read as one (``dataset: 2019``); not a bool, list, mapping or null."""
+    if isinstance(value, bool) or not isinstance(value, (str, numbers.Real)):
+        raise ValueError(value)
+    return str(value)
+
+
+_READERS: dict[Any, Callable[[Any], Any]] = {bool: _as_bool, int: _as_int, float: _as_float, str: _as_str}
+
+
 def _convert(value: Any, annotation: Any, key: str) -> Any:
+    """``value`` (from YAML or a ``--key=value`` string) as the field's type; the same rules for both."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -29,25 +84,20 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
         annotation = args[0]
         origin = typing.get_origin(annotation)
     if origin in (list, tuple):
+        if isinstance(value, (bool, dict)) or value is None:
+            raise ConfigError(f"{key}: cannot read {value!r} as a list")
         (inner, *_) = typing.get_args(annotation) or (str,)
         items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v]
         converted = [_convert(v, inner, key) for v in items]
         return tuple(converted) if origin is tuple else converted
+    reader = _READERS.get(annotation)
+    if reader is None:
+        return value
     try:
-        if annotation is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if annotation in (int, float, str):
-            return annotation(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}: cannot read {value!r} as {annotation.__name__}") from None
-    return value
+        return reader(value)
+    except (TypeError, ValueError, OverflowError):
+        hint = _YAML_BOOL_HINT if annotation is str and isinstance(value, bool) else ""
+        raise ConfigError(f"{key}: cannot read {value!r} as {annotation.__name__}{hint}") from None
 
 
 def _apply(obj: Any, key: str, value: Any, full_key: str) -> None:
@@ -62,7 +112,7 @@ def _apply(obj: Any, key: str, value: Any, full_key: str) -> None:
             _apply(current, rest, value, full_key)
         elif isinstance(value, dict):
             for k, v in value.items():
-                _apply(current, k, v, f"{full_key}.{k}")
+                _apply(current, str(k), v, f"{full_key}.{k}")
         else:
             raise ConfigError(f"{full_key} is a section; give one of its keys")
         return
@@ -82,15 +132,43 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data = read_yaml(path)
         for key, value in data.items():
-            _apply(config, key, value, key)
+            _apply(config, str(key), value, str(key))
     items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides or []]
     for key, value in items:
         _apply(config, key, value, key)
     return revalidate(config)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping in the YAML file ``path``; every problem is one :class:`ConfigError` line naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        data = yaml.safe_load(text)  # safe: a !!python/object tag is a ConstructorError, not code
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(err, text)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
+    """``line N: problem`` on one line (PyYAML's own message spans several, with a source excerpt)."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem:
+        where = f"line {err.problem_mark.line + 1}: " if err.problem_mark is not None else ""
+        return " ".join(f"{where}{err.problem}".split())
+    if isinstance(err, yaml.reader.ReaderError):
+        line = text.count("\n", 0, max(err.position, 0)) + 1
+        return f"line {line}: unacceptable character #x{err.character:04x} ({err.reason})"
+    return " ".join(str(err).split())
 
 
 def _split(text: str) -> tuple[str, str]:
@@ -100,18 +178,21 @@ def _split(text: str) -> tuple[str, str]:
     return key.replace("-", "_"), value
 
 
-def revalidate(config: T) -> T:
-    """Run ``__post_init__`` again on every nested dataclass (after fields were changed)."""
+def revalidate(config: T, _section: str = "") -> T:
+    """Run ``__post_init__`` again on every nested dataclass (after fields were changed).
+
+    A refusal becomes a :class:`ConfigError` prefixed with the section, e.g. ``encoder: heads must be >= 1``.
+    """
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if dataclasses.is_dataclass(value):
-            revalidate(value)
+            revalidate(value, f"{_section}{f.name}.")
     post = getattr(config, "__post_init__", None)
     if post is not None:
         try:
             post()
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        except (TypeError, ValueError, ZeroDivisionError) as err:
+            raise ConfigError(f"{_section[:-1]}: {err}" if _section else str(err)) from None
     return config
 
 

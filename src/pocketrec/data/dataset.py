@@ -113,6 +113,9 @@ class Dataset:
     test: SequenceSplit
     source: str = ""
     item_titles: dict[int, str] | None = None  # internal id -> human title, where the data has them
+    #: what ``load_dataset`` was given (a registered name, or a file or folder's absolute path): recorded in
+    #: checkpoints so that ``pocketrec evaluate`` can load the same data again without ``--dataset``
+    origin: str = ""
 
     @property
     def num_items(self) -> int:

@@ -441,9 +441,12 @@ def _interactions_from_table(table: _Table, user_col: Column, item_col: Column, 
                 t = 3
     else:
         if u is None or i is None:
-            role, spec = (user_role, "user_col") if u is None else ("item", "item_col")
+            # The command line has no column flags: the fix that works everywhere is renaming the column.
+            role, spec, usual = ((user_role, f"{user_role}_col", f"{user_role}_id") if u is None
+                                 else ("item", "item_col", "item_id"))
             raise DataError(table.path, table.header_line,
                             f"cannot tell which column holds {role} ids in header {table.header}; "
+                            f"rename that column to {usual!r} (RecBole: '{usual}:token'), or, from Python, "
                             f"pass {spec}=")
         if t is not None and _normalise(table.header[t]) == "timeframe":
             # Diginetica: `timeframe` is ms since the session started, `eventdate` the day; together

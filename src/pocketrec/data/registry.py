@@ -353,10 +353,14 @@ def load_dataset(name_or_path: str | Path, *, root: str | Path | None = None, va
     if isinstance(name_or_path, str) and key.lower() in _REGISTRY:
         spec = _REGISTRY[key.lower()]
         files, _ = _locate(spec, root)
-        return spec.load(spec.name, files, opts)
+        data = spec.load(spec.name, files, opts)
+        data.origin = spec.name
+        return data
     p = Path(name_or_path)
     if not p.exists():
         raise DataError(p, None, f"no such file or folder, and not a registered dataset "
                                  f"({', '.join(_REGISTRY)})")
-    return _load_path(p, opts, format)
+    data = _load_path(p, opts, format)
+    data.origin = str(p.resolve())
+    return data
 

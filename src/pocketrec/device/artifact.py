@@ -15,8 +15,15 @@ Layout of the file (read by the numpy-only :mod:`pocketrec.device.runtime`):
 * the safetensors metadata (string -> string) is the manifest: ``format`` (``pocketrec-device``),
   ``version``, ``table`` (description JSON), ``encoder`` (config JSON), ``num_items``, ``vocab`` (the raw
   ids, internal id ``i`` being ``vocab[i-1]``: ``"vocab/ids"`` when they are integers, stored as the int32/
-  int64 tensor of that name, else a JSON list of strings), ``table_nbytes``, ``dataset`` and ``checksum``: the
-  sha256 of :func:`tensor_checksum` over all tensors.
+  int64 tensor of that name, else a JSON list of strings; no id twice), ``table_nbytes``, ``dataset``,
+  ``checksum``: the sha256 of :func:`~pocketrec.device.runtime.artifact_checksum` over all tensors and every
+  other manifest entry, and optionally ``signature``: HMAC-SHA256 of the checksum under a secret key
+  (:mod:`pocketrec.device.signing`; ``export_artifact(..., key=...)``, ``pocketrec export --sign-key FILE`` or
+  ``$POCKETREC_SIGNING_KEY``), which ``runtime.load(path, key=...)`` verifies.
+
+The export refuses a model with NaN/inf weights (and, with ``fp16``, weights beyond float16's range), a
+vocabulary with a duplicate id, a target that is a directory or lies inside a checkpoint folder (one that
+holds ``checkpoint.json``: the export would overwrite the checkpoint's own files).
 
 Nothing is pickled; safetensors parsing never executes code. The file is written to a temporary name next
 to the target and renamed into place, so a crash never leaves half an artifact behind.
@@ -27,62 +34,119 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pocketrec.device.runtime import FORMAT, NORMS, VERSION, RawIds, tensor_checksum
+from pocketrec.device.runtime import FORMAT, NORMS, VERSION, RawIds, artifact_checksum, non_finite, non_finite_message
+from pocketrec.device.signing import sign
 
 
-def _encoder_arrays(model: Any, fp16: bool) -> dict[str, np.ndarray]:
-    dtype = np.float16 if fp16 else np.float32
+class ExportedFile(type(Path())):  # type: ignore[misc]  # PosixPath/WindowsPath: subclassable on 3.10+
+    """The path an export wrote, with ``nbytes``: the size of what this export wrote, taken before the file
+    was renamed into place (a concurrent export to the same path may have replaced it since, so
+    ``stat()`` can disagree). Paths derived from it (``.parent``, ...) have no ``nbytes``."""
+
+    nbytes: int
+
+
+def _encoder_arrays(model: Any) -> dict[str, np.ndarray]:
     out = {}
     for name, value in model.state_dict().items():
         if name.startswith("table."):
             continue
         arr = value.detach().cpu().numpy()
         if np.issubdtype(arr.dtype, np.floating):
-            arr = arr.astype(dtype)
+            arr = arr.astype(np.float32)
         out[f"encoder/{name}"] = np.ascontiguousarray(arr)
     return out
 
 
-def _table_arrays(table: Any, fp16: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The table's exported arrays under ``table/``; ``fp16`` halves a float table's float32 weights (an
-    int8-codebook table is already below that: it is left as it is, scales included)."""
-    arrays, description = table.export()
-    description = dict(description)
-    fp16 = fp16 and description.get("dtype") != "int8"
+def _halve(tensors: dict[str, np.ndarray], description: dict[str, Any]) -> dict[str, np.ndarray]:
+    """``tensors`` with float32 arrays as float16; ``description`` (the table's) updated in place. An
+    int8-codebook table is already below that: its arrays are left as they are, scales included."""
+    keep_table = description.get("dtype") == "int8"
     out = {}
-    for name, arr in arrays.items():
-        if fp16 and arr.dtype == np.float32:
-            arr = arr.astype(np.float16)
-        out[f"table/{name}"] = np.ascontiguousarray(arr)
-    if fp16 and "dtype" in description:
+    for name, arr in tensors.items():
+        if arr.dtype == np.float32 and not (keep_table and name.startswith("table/")):
+            with np.errstate(over="ignore"):  # overflow to inf is reported by the caller's finiteness check
+                arr = arr.astype(np.float16)
+        out[name] = arr
+    if not keep_table and "dtype" in description:
         description["dtype"] = "float16"
-    return out, description
+    return out
+
+
+def check_target(path: str | Path) -> Path:
+    """``path`` as a :class:`Path`, refused (``ValueError``) when it is a directory or lies inside a checkpoint
+    folder (any ancestor holding ``checkpoint.json``), where an export would overwrite the checkpoint."""
+    from pocketrec.train.checkpoint import META_FILE
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give the output file's name (e.g. {path / 'model.safetensors'})")
+    for folder in path.resolve().parents:
+        if (folder / META_FILE).is_file():
+            raise ValueError(f"{path} is inside the checkpoint folder {folder}; write the export outside it")
+    return path
+
+
+def write_atomically(path: Path, write: Callable[[str], None]) -> ExportedFile:
+    """Call ``write(tmp)`` on a temporary file next to ``path`` and rename it to ``path``: the target is never
+    half-written and a failure leaves nothing behind. The result's ``nbytes`` is the size written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        nbytes = os.stat(tmp).st_size
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    written = ExportedFile(path)
+    written.nbytes = nbytes
+    return written
 
 
 def build_artifact(model: Any, vocab: list[str] | None = None, fp16: bool = False,
                    dataset: str = "") -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """The tensors and manifest of the artifact of ``model`` (a :class:`SessionRecommender`)."""
+    """The tensors and manifest of the artifact of ``model`` (a :class:`SessionRecommender`).
+
+    Raises ``ValueError`` for a vocabulary of the wrong length or with a duplicate id, and for NaN/inf
+    weights (or weights that overflow float16 with ``fp16``).
+    """
     table = model.table
     vocab = [str(v) for v in vocab] if vocab is not None else [str(i) for i in range(1, table.num_items + 1)]
     if len(vocab) != table.num_items:
         raise ValueError(f"vocabulary has {len(vocab)} ids but the item table has {table.num_items} items")
-    tensors = _encoder_arrays(model, fp16)
+    duplicate = RawIds(vocab).duplicate()
+    if duplicate is not None:
+        raise ValueError(f"item id {duplicate!r} appears more than once in the vocabulary")
+    tensors = _encoder_arrays(model)
     vocab_value, vocab_ids = RawIds.encode(vocab)
     if vocab_ids is not None:
         tensors[RawIds.TENSOR] = vocab_ids
-    table_tensors, description = _table_arrays(table, fp16)
-    tensors.update(table_tensors)
+    arrays, description = table.export()
+    description = dict(description)
+    tensors.update({f"table/{name}": np.ascontiguousarray(arr) for name, arr in arrays.items()})
     if model.config.normalize:
         import torch
 
         with torch.no_grad():
             norms = model.item_norms().detach().cpu().numpy()
-            tensors[NORMS] = np.ascontiguousarray(norms.astype(np.float16 if fp16 else np.float32))
+            tensors[NORMS] = np.ascontiguousarray(norms.astype(np.float32))
+    bad = non_finite(tensors)
+    if bad:
+        raise ValueError(non_finite_message(bad))
+    if fp16:
+        tensors = _halve(tensors, description)
+        bad = non_finite(tensors)
+        if bad:
+            raise ValueError(non_finite_message(bad, "weights beyond float16's range (±65504): export without --fp16"))
+    table_tensors = {name: arr for name, arr in tensors.items() if name.startswith("table/")}
     manifest = {
         "format": FORMAT,
         "version": str(VERSION),
@@ -92,33 +156,32 @@ def build_artifact(model: Any, vocab: list[str] | None = None, fp16: bool = Fals
         "vocab": vocab_value,
         "table_nbytes": str(sum(a.nbytes for a in table_tensors.values())),
         "dataset": str(dataset),
-        "checksum": tensor_checksum(tensors),
     }
+    manifest["checksum"] = artifact_checksum(tensors, manifest)
     return tensors, manifest
 
 
 def export_artifact(checkpoint_or_model: Any, path: str | Path, fp16: bool = False,
-                    vocab: list[str] | None = None, dataset: str | None = None) -> Path:
-    """Write the device artifact of a checkpoint folder (or a model) to ``path``; returns ``path``.
+                    vocab: list[str] | None = None, dataset: str | None = None,
+                    key: bytes | None = None) -> ExportedFile:
+    """Write the device artifact of a checkpoint folder (or a model) to ``path``; returns ``path`` (with
+    ``nbytes``, the size written).
 
     With a checkpoint the vocabulary and dataset name come from its ``checkpoint.json``; with a model pass
-    ``vocab`` (raw ids of items ``1..n``), or the raw ids are the internal ids ``"1".."n"``.
+    ``vocab`` (raw ids of items ``1..n``), or the raw ids are the internal ids ``"1".."n"``. With ``key``
+    (bytes, not empty) the manifest also holds the checksum's ``signature``. Refused (``ValueError``, nothing
+    written): see the module docstring.
     """
     from safetensors.numpy import save_file
 
+    path = check_target(path)
+    if key is not None and not key:
+        raise ValueError("the signing key is empty")
     model, vocab, dataset = resolve_model(checkpoint_or_model, vocab, dataset)
     tensors, manifest = build_artifact(model, vocab, fp16, dataset or "")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=manifest)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    if key is not None:
+        manifest["signature"] = sign(manifest["checksum"], key)
+    return write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=manifest))
 
 
 def resolve_model(checkpoint_or_model: Any, vocab: list[str] | None, dataset: str | None

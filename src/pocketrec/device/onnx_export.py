@@ -16,13 +16,16 @@ The graph uses flat lookups only (``Gather`` from ``F.embedding`` / ``index_sele
   since ONNX has no bit type), scores through the per-codebook lookup tables, ``M`` gathers and a sum.
 
 In cosine mode the item norms are a ``(num_items + 1,)`` float32 initializer.
+
+Refused like the safetensors artifact (``ValueError``, nothing written): NaN/inf weights, a duplicate id,
+a target that is a directory or inside a checkpoint folder; also a missing ``onnx`` extra (``onnx`` and
+``onnxscript``, which the export needs). ONNX files carry no checksum nor signature.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pocketrec.device.artifact import build_artifact, resolve_model
+from pocketrec.device.artifact import ExportedFile, build_artifact, check_target, resolve_model, write_atomically
 from pocketrec.device.runtime import ONNX_FORMAT, OnnxModel  # noqa: F401  (OnnxModel re-exported)
 from pocketrec.models.session_encoder import last_positions
 
@@ -122,18 +125,38 @@ class _OnnxRecommender(nn.Module):
         return values, indices
 
 
+#: What the ``onnx`` extra of pyproject.toml provides and the export needs (onnxruntime only runs the file).
+_EXPORT_NEEDS = ("onnx", "onnxscript")
+
+
+class MissingExtraError(ImportError, ValueError):
+    """An optional dependency is not installed (a ``ValueError`` too, so the CLI shows one line)."""
+
+
+def require_onnx() -> None:
+    """Raise :class:`MissingExtraError` unless the packages the ONNX export needs can be imported."""
+    for name in _EXPORT_NEEDS:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise MissingExtraError("ONNX export needs the onnx extra: pip install 'pocketrec[onnx]'") from None
+
+
 def export_onnx(checkpoint_or_model: Any, path: str | Path, k: int = 100, vocab: list[str] | None = None,
-                dataset: str | None = None, opset: int = 17) -> Path:
-    """Write the ONNX graph of a checkpoint folder (or a model) to ``path`` atomically; returns ``path``.
+                dataset: str | None = None, opset: int = 17) -> ExportedFile:
+    """Write the ONNX graph of a checkpoint folder (or a model) to ``path`` atomically; returns ``path`` (with
+    ``nbytes``, the size written).
 
     ``k`` (capped at ``num_items``) is the number of ranked items the graph returns.
     """
+    path = check_target(path)
+    require_onnx()
     import onnx
 
     model, vocab, dataset = resolve_model(checkpoint_or_model, vocab, dataset)
     model = model.eval()
     _, manifest = build_artifact(model, vocab, False, dataset or "")
-    manifest = {key: value for key, value in manifest.items() if key != "checksum"}
+    manifest = {key: value for key, value in manifest.items() if key not in ("checksum", "signature")}
     manifest["format"] = ONNX_FORMAT
     manifest["vocab"] = json.dumps([str(v) for v in vocab] if vocab is not None
                                    else [str(i) for i in range(1, model.num_items + 1)])
@@ -142,11 +165,8 @@ def export_onnx(checkpoint_or_model: Any, path: str | Path, k: int = 100, vocab:
     wrapper = _OnnxRecommender(model, k).eval()
     length = min(model.config.max_len, 4)
     example = torch.arange(1, length + 1, dtype=torch.long).clamp_max(model.num_items).view(1, -1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is "legacy"
@@ -158,8 +178,5 @@ def export_onnx(checkpoint_or_model: Any, path: str | Path, k: int = 100, vocab:
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return write_atomically(path, write)

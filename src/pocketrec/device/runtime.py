@@ -5,10 +5,17 @@
     ids, scores = model.recommend(["12", "7", "99"], k=10)
 
 This module imports only numpy, safetensors, json, hashlib and the standard library (a test checks that
-importing it does not import torch). :func:`load` checks the manifest's format, version and the sha256
-checksum of every tensor, and turns anything it cannot trust (a missing, truncated or tampered file, a
-different version, a pickle renamed to ``.safetensors``; safetensors parsing never executes code) into an
-:class:`ArtifactError` with a one-line message.
+importing it does not import torch). :func:`load` checks the manifest's format and version, the sha256
+checksum (:func:`artifact_checksum`: every tensor and every manifest entry but ``checksum`` and
+``signature``), that every float weight is finite and that the vocabulary has no duplicate id; it turns
+anything it cannot trust (a missing, truncated or tampered file, an edited manifest, a different version, a
+pickle renamed to ``.safetensors``; safetensors parsing never executes code) into an :class:`ArtifactError`
+with a one-line message. Version-1 files (whose checksum covered the tensors only) are refused: re-export.
+
+Signatures (optional, :mod:`pocketrec.device.signing`): an artifact exported with a key holds
+``signature`` = HMAC-SHA256(key, checksum). ``load(path, key=KEY)`` refuses a file that is unsigned or
+whose signature does not match ``KEY``; ``load(path)`` without a key checks integrity only (anyone can
+recompute a checksum, so only a signature says who made the file).
 
 Memory: the item table stays at its stored types (uint8 codes stay uint8, float16 rows stay float16 and
 are upcast a chunk at a time); bit-packed codes are unpacked once at load (``n*M`` bytes for K <= 256);
@@ -30,22 +37,35 @@ import numpy as np
 
 from pocketrec.device.np_encoder import NumpyEncoder
 from pocketrec.device.np_tables import NumpyTable, make_scorer
+from pocketrec.device.signing import signature_matches
 
 FORMAT = "pocketrec-device"
 #: Tensor of the item-row norms in artifacts of cosine-scoring models.
 NORMS = "scoring/norms"
 ONNX_FORMAT = "pocketrec-device-onnx"
-VERSION = 1
+VERSION = 2
 _REQUIRED = ("format", "version", "table", "encoder", "num_items", "vocab", "checksum")
+#: Manifest entries the checksum does not cover: the checksum itself and the signature of it.
+_UNCHECKED = ("checksum", "signature")
+_CHUNK = 1 << 20  # elements per step of the finiteness scan (bounds its transient memory)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 class ArtifactError(ValueError):
     """A device artifact that is missing, damaged, of another version or not a pocketrec artifact."""
 
 
-def tensor_checksum(tensors: dict[str, np.ndarray]) -> str:
-    """sha256 over ``name, dtype, shape, bytes`` of every tensor, in sorted name order (little-endian)."""
+def artifact_checksum(tensors: dict[str, np.ndarray], manifest: dict[str, str]) -> str:
+    """sha256 over the manifest, then ``name, dtype, shape, bytes`` of every tensor in sorted name order.
+
+    The manifest counts as sorted-keys ASCII JSON of every entry but ``checksum`` and ``signature`` (so an
+    edited encoder config, vocabulary or any other entry, even an added one, no longer matches); tensors
+    count little-endian. Used by the writer and the reader alike.
+    """
     digest = hashlib.sha256()
+    covered = {key: value for key, value in manifest.items() if key not in _UNCHECKED}
+    digest.update(json.dumps(covered, sort_keys=True, ensure_ascii=True, separators=(",", ":")).encode())
+    digest.update(b"\0")  # the JSON holds no raw NUL: the manifest part ends unambiguously here
     for name in sorted(tensors):
         arr = np.ascontiguousarray(tensors[name])
         if arr.dtype.byteorder == ">":
@@ -57,8 +77,28 @@ def tensor_checksum(tensors: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def read_artifact(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Tensors and manifest of an artifact, verified; raises :class:`ArtifactError`."""
+def non_finite(tensors: dict[str, np.ndarray]) -> list[tuple[str, int]]:
+    """``(name, count)`` of each float tensor holding NaN or inf, in the dict's order (scanned in chunks)."""
+    bad = []
+    for name, arr in tensors.items():
+        if not np.issubdtype(arr.dtype, np.floating):
+            continue
+        flat = arr.reshape(-1)
+        count = sum(int(np.count_nonzero(~np.isfinite(flat[i:i + _CHUNK]))) for i in range(0, flat.size, _CHUNK))
+        if count:
+            bad.append((name, count))
+    return bad
+
+
+def non_finite_message(bad: list[tuple[str, int]], cause: str = "the model diverged — retrain it") -> str:
+    """One line naming the first non-finite tensor of :func:`non_finite` (and how many others there are)."""
+    name, count = bad[0]
+    more = f" (and {len(bad) - 1} more tensor(s))" if len(bad) > 1 else ""
+    return f"{name} holds {count} non-finite values (NaN/inf){more}; {cause}"
+
+
+def read_artifact(path: str | Path, key: bytes | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Tensors and manifest of an artifact, verified (signed with ``key`` when given); raises :class:`ArtifactError`."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -75,12 +115,21 @@ def read_artifact(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, st
         raise ArtifactError(f"{path}: not a pocketrec device artifact (format {manifest.get('format')!r})")
     if manifest.get("version") != str(VERSION):
         raise ArtifactError(f"{path}: artifact version {manifest.get('version')} is not supported "
-                            f"(this runtime reads version {VERSION})")
+                            f"(this runtime reads version {VERSION}); re-export it with `pocketrec export`")
     missing = [k for k in _REQUIRED if k not in manifest]
     if missing:
         raise ArtifactError(f"{path}: manifest is missing {missing}")
-    if tensor_checksum(tensors) != manifest["checksum"]:
-        raise ArtifactError(f"{path}: checksum mismatch, the tensors were modified or damaged")
+    checksum = artifact_checksum(tensors, manifest)
+    if checksum != manifest["checksum"]:
+        raise ArtifactError(f"{path}: checksum mismatch, the tensors or the manifest were modified or damaged")
+    if key is not None:
+        if "signature" not in manifest:
+            raise ArtifactError(f"{path}: the artifact is not signed, but a signing key was given to verify it")
+        if not signature_matches(checksum, manifest["signature"], key):
+            raise ArtifactError(f"{path}: signature mismatch, the artifact was not signed with this key")
+    bad = non_finite(tensors)
+    if bad:
+        raise ArtifactError(f"{path}: {non_finite_message(bad)}")
     return tensors, manifest
 
 
@@ -102,6 +151,9 @@ class DeviceModel:
             raise ArtifactError(f"{source}: damaged manifest ({err})") from None
         if len(self.vocab) != self.num_items:
             raise ArtifactError(f"{source}: vocabulary has {len(self.vocab)} ids, expected {self.num_items}")
+        duplicate = self.vocab.duplicate()
+        if duplicate is not None:
+            raise ArtifactError(f"{source}: item id {duplicate!r} appears more than once in the vocabulary")
         table_arrays = {k[len("table/"):]: v for k, v in tensors.items() if k.startswith("table/")}
         enc_arrays = {k[len("encoder/"):]: v for k, v in tensors.items() if k.startswith("encoder/")}
         try:
@@ -152,9 +204,12 @@ class DeviceModel:
         """Internal ids and scores of the ``k`` best items (ties: smaller id first); never id 0 nor ``exclude``.
 
         Streams over the catalogue a block at a time, keeping only the best ``k`` so far: the working
-        memory is one block of scores, not the whole catalogue's.
+        memory is one block of scores, not the whole catalogue's. ``k = 0`` gives nothing; a negative ``k``
+        raises ``ValueError``.
         """
-        k = max(0, min(int(k), self.num_items))
+        if int(k) < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        k = min(int(k), self.num_items)
         best_ids, best_scores = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         if k == 0:
             return best_ids, best_scores
@@ -224,18 +279,33 @@ class RawIds:
 
     @staticmethod
     def encode(vocab: list[str]) -> tuple[str, np.ndarray | None]:
-        """``(manifest value, tensor or None)`` for a vocabulary: a tensor when every id is a plain integer."""
+        """``(manifest value, tensor or None)`` for a vocabulary: a tensor when every id is a plain integer
+        that fits int64, else the JSON list of strings."""
         try:
             ints = [int(v) for v in vocab]
         except ValueError:
             ints = None
-        if ints is not None and all(str(i) == str(v) for i, v in zip(ints, vocab, strict=True)):
+        if ints is not None and all(str(i) == str(v) and _INT64_MIN <= i <= _INT64_MAX
+                                    for i, v in zip(ints, vocab, strict=True)):
             wide = bool(ints) and (min(ints) < -2**31 or max(ints) >= 2**31)
             return RawIds.TENSOR, np.asarray(ints, dtype=np.int64 if wide else np.int32)
         return json.dumps(vocab), None
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def duplicate(self) -> str | None:
+        """An id that appears more than once (the smallest, for integer ids), ``None`` when all are distinct."""
+        if isinstance(self.ids, list):
+            seen: set[str] = set()
+            for raw in self.ids:
+                if raw in seen:
+                    return raw
+                seen.add(raw)
+            return None
+        values, counts = np.unique(self.ids, return_counts=True)
+        repeated = values[counts > 1]
+        return str(repeated[0]) if len(repeated) else None
 
     def raw(self, internal: int) -> str:
         return str(self.ids[int(internal) - 1])
@@ -248,9 +318,11 @@ class RawIds:
         wanted: dict[int, None] = {}
         for raw in raws:
             try:
-                wanted[int(str(raw))] = None
+                value = int(str(raw))
             except ValueError:
                 continue
+            if _INT64_MIN <= value <= _INT64_MAX:  # a larger integer is in no int64 vocabulary: unknown
+                wanted[value] = None
         hits = np.flatnonzero(np.isin(self.ids, np.asarray(list(wanted), dtype=np.int64)))
         position = {int(self.ids[i]): int(i) + 1 for i in hits}
         out: list[int | None] = []
@@ -274,9 +346,12 @@ def _first_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, n
     return ids[finite], scores[finite]
 
 
-def load(path: str | Path) -> DeviceModel:
-    """Load and verify a device artifact (see the module docstring); raises :class:`ArtifactError`."""
-    tensors, manifest = read_artifact(path)
+def load(path: str | Path, key: bytes | None = None) -> DeviceModel:
+    """Load and verify a device artifact (see the module docstring); raises :class:`ArtifactError`.
+
+    With ``key`` the artifact must also carry a signature made with that key.
+    """
+    tensors, manifest = read_artifact(path, key)
     return DeviceModel(tensors, manifest, source=str(path))
 
 
@@ -307,6 +382,8 @@ class OnnxModel:
         return indices[0], scores[0]
 
     def recommend(self, history: list[str | int], k: int = 10) -> tuple[list[str], np.ndarray]:
+        if int(k) < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
         ids = [self._index[str(r)] for r in history if str(r) in self._index]
         if not ids:
             raise ValueError("history has no item known to this model; cannot recommend")

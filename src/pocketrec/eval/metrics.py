@@ -2,7 +2,9 @@
 
 The rank of the target is counted exactly from the scores, with ties broken *against* the target
 (an item with the same score as the target ranks above it), so a constant model scores zero rather
-than everything. Recall@K equals HR@K and P@K in the SR-GNN papers' sense (one target per example).
+than everything. A target whose score is not finite (NaN or +-inf: a diverged model) is a miss, ranked
+last; an item whose score is NaN never ranks above a finite target. Recall@K equals HR@K and P@K in the
+SR-GNN papers' sense (one target per example).
 """
 
 from __future__ import annotations
@@ -17,9 +19,19 @@ DEFAULT_KS = (5, 10, 20)
 
 
 def target_ranks(scores: Tensor, targets: Tensor) -> Tensor:
-    """0-based rank of each target among all columns of ``scores (B, n)``; ties count against it."""
+    """0-based rank of each target among all columns of ``scores (B, n)``; ties count against it.
+
+    A non-finite target score ranks ``n`` (a miss at every K): ``(scores >= NaN).sum() - 1`` would be -1,
+    which every metric counts as a hit.
+    """
     target_scores = scores.gather(1, targets.view(-1, 1))
-    return (scores >= target_scores).sum(1) - 1
+    ranks = (scores >= target_scores).sum(1) - 1
+    return torch.where(torch.isfinite(target_scores.view(-1)), ranks, scores.shape[1])
+
+
+def count_nonfinite_rows(scores: Tensor) -> int:
+    """How many rows of ``scores`` hold a NaN or an infinity (what evaluation warns about)."""
+    return int((~torch.isfinite(scores)).any(1).sum())
 
 
 def metric_sums(ranks: Tensor, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:

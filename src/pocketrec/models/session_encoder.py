@@ -55,12 +55,24 @@ class EncoderConfig:
     scale: float = 12.0
 
     def __post_init__(self) -> None:
+        """Refuse what the encoder cannot build or train: the attention splits ``dim`` into ``heads``
+        equal parts, ``nn.Dropout`` with p=1 zeros everything, cosine scores need a finite ``scale`` > 0.
+        ``layers=0`` is allowed (embeddings, positions and readout only)."""
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+        for name in ("dim", "heads", "max_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("inner", "layers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.dim % self.heads:
             raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}")
-        if self.max_len < 1:
-            raise ValueError(f"max_len must be >= 1, got {self.max_len}")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if not 0.0 < self.scale < float("inf"):
+            raise ValueError(f"scale must be a finite number > 0, got {self.scale}")
 
     @property
     def ffn_width(self) -> int:

@@ -6,7 +6,9 @@
   (2¹⁰, 2²⁰, 2³⁰). Units are case-insensitive; a space before the unit is allowed;
 * a plain number: bytes.
 
-The result is a whole number of bytes, rounded down (a budget is a ceiling).
+The result is a whole number of bytes, rounded down (a budget is a ceiling). Where the dense table's size
+is known, a budget above it (``"0.5x"``, ``"10MB"`` for a 20 KB table) is refused: a compressed table
+larger than the one it compresses is never what was meant.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z%]*)\s*$",
 def parse_budget(text: str | int | float, dense_bytes: int | None = None) -> int:
     """Bytes of the budget ``text`` (see the module docstring); ``dense_bytes`` is needed for ``%`` and ``x``.
 
-    Raises ``ValueError`` naming the text for anything unreadable, a zero or negative budget, or a
-    relative budget without ``dense_bytes``.
+    Raises ``ValueError`` naming the text for anything unreadable, a zero or negative budget, a relative
+    budget without ``dense_bytes``, or a budget above ``dense_bytes`` (a ratio below ``1x``).
     """
     if isinstance(text, bool):
         raise ValueError(f"budget must be a size such as '3%', '200KB' or 48000, got {text!r}")
@@ -44,6 +46,9 @@ def parse_budget(text: str | int | float, dense_bytes: int | None = None) -> int
                 raise ValueError(f"budget {text!r} is more than 100% of the dense table")
             result = math.floor(dense_bytes * value / 100 + 1e-9)
         else:
+            if value < 1:
+                raise ValueError(f"budget {text!r} would be larger than the dense table ({format_bytes(dense_bytes)}): "
+                                 "a ratio must be at least 1x")
             result = math.floor(dense_bytes / value + 1e-9)
     elif unit in UNITS:
         result = math.floor(value * UNITS[unit] + 1e-9)
@@ -52,6 +57,9 @@ def parse_budget(text: str | int | float, dense_bytes: int | None = None) -> int
         raise ValueError(f"budget {text!r}: unknown unit {unit!r} (known: {known})")
     if result < 1:
         raise ValueError(f"budget {text!r} is less than one byte")
+    if dense_bytes is not None and result > dense_bytes:
+        raise ValueError(f"budget {text!r} is more than the dense item table it compresses "
+                         f"({format_bytes(dense_bytes)}); give at most that, e.g. '1x' or '{dense_bytes}'")
     return int(result)
 
 

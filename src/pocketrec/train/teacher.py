@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from pocketrec.config import to_dict
 from pocketrec.data.batching import Batch
@@ -18,11 +17,15 @@ from pocketrec.models.session_encoder import EncoderConfig, SessionRecommender
 from pocketrec.tables.dense import DenseTable
 from pocketrec.train.catalogue_loss import catalogue_cross_entropy
 from pocketrec.train.checkpoint import (
-    MODEL_FILE,
+    CheckpointError,
     load_optimizer_state,
+    load_weights_into,
     read_meta,
+    read_weights,
+    restore_interrupted_save,
     save_checkpoint,
 )
+from pocketrec.train.compat import check_compatible
 from pocketrec.train.losses import targets_and_queries
 from pocketrec.train.trainer import FitResult, TrainConfig, checkpoint_dirs, fit, seed_everything
 
@@ -39,7 +42,8 @@ class TeacherConfig:
 
 def dataset_meta(dataset: Dataset) -> dict[str, Any]:
     """What a checkpoint records about its data, so that it can refuse another dataset later."""
-    return {"dataset": dataset.name, "protocol": dataset.protocol, "num_items": dataset.num_items,
+    origin = {"dataset_origin": dataset.origin} if dataset.origin and dataset.origin != dataset.name else {}
+    return {"dataset": dataset.name, **origin, "protocol": dataset.protocol, "num_items": dataset.num_items,
             "vocab_fingerprint": dataset.vocab.fingerprint(), "vocab": dataset.vocab.to_json()}
 
 
@@ -80,16 +84,27 @@ def run_training(model: SessionRecommender, dataset: Dataset, train_cfg: TrainCo
                                           "trainer_state": record["trainer_state"]}, optimizer)
 
     def restore(optimizer) -> dict[str, Any] | None:
-        if not resume or last_dir is None or not last_dir.exists():
+        if not resume or last_dir is None:
+            return None
+        for folder in (best_dir, last_dir):  # a save killed between its two renames leaves the old one aside
+            restore_interrupted_save(folder)
+        if not last_dir.exists():
             return None
         last = read_meta(last_dir)
-        model.load_state_dict(load_file(str(last_dir / MODEL_FILE)))
+        check_compatible(last, dataset, what=f"the run to resume ({last_dir})")
+        if last.get("dataset") != dataset.name:  # same catalogue, other data: the run would be relabelled
+            raise CheckpointError(f"{last_dir} was trained on {last.get('dataset')!r}; it cannot be resumed on "
+                                  f"{dataset.name!r}")
+        if last.get("method") != meta.get("method"):
+            raise CheckpointError(f"{last_dir} is a {last.get('method')!r} run; it cannot be resumed as "
+                                  f"{meta.get('method')!r}")
+        load_weights_into(last_dir, model)
         load_optimizer_state(last_dir, optimizer)
         state = dict(last["trainer_state"])
         state["history"] = last.get("history", [])
         fit_history.extend(state["history"])
         if best_dir is not None and best_dir.exists():
-            state["best_state"] = load_file(str(best_dir / MODEL_FILE))
+            state["best_state"] = read_weights(best_dir)
         return state
 
     seed_everything(train_cfg.seed)

@@ -9,6 +9,7 @@ cross-entropy teacher and the distillation student share this one loop.
 from __future__ import annotations
 
 import copy
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +26,17 @@ from pocketrec.data.dataset import SequenceSplit
 from pocketrec.train.allocator import reuse_large_allocations
 
 LossFn = Callable[[Batch], tuple[Tensor, dict[str, float]]]
+
+
+class DivergedError(ValueError):
+    """Training produced a non-finite loss, weight or validation metric. The run stops at once; the state
+    that diverged is never saved (checkpoints written at earlier epochs stay as they were)."""
+
+
+def nonfinite_tensors(module: nn.Module) -> list[str]:
+    """Names of the floating-point parameters and buffers of ``module`` holding a NaN or an infinity."""
+    return [name for name, value in module.state_dict().items()
+            if value.is_floating_point() and not bool(torch.isfinite(value).all())]
 
 
 @dataclass
@@ -60,6 +72,19 @@ class TrainConfig:
             raise ValueError(f"lr_decay must lie in (0, 1], got {self.lr_decay}")
         if self.lr_decay_every < 1:
             raise ValueError(f"lr_decay_every must be >= 1, got {self.lr_decay_every}")
+        for name in ("patience", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("weight_decay", "max_grad_norm"):  # max_grad_norm=0: no clipping
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        # The epoch is chosen by this metric of the validation run, so a typo must fail now, not after
+        # the first epoch: the names are those eval.evaluate reports (ks=DEFAULT_KS).
+        from pocketrec.eval.metrics import DEFAULT_KS
+
+        known = [f"{name}@{k}" for name in ("recall", "mrr", "ndcg") for k in DEFAULT_KS]
+        if self.metric not in known:
+            raise ValueError(f"metric must be one of {', '.join(known)}; got {self.metric!r}")
 
     def lr_factor(self, epoch: int) -> float:
         """The factor on every group's base learning rate during ``epoch`` (0-based)."""
@@ -97,6 +122,9 @@ def fit(model: nn.Module, train: SequenceSplit, loss_fn: LossFn, validate: Calla
     ``resume(optimizer)`` may restore a previous run and return its saved trainer state
     (``{"epoch", "history", "best_epoch", "best_valid", "bad_epochs"}``).
     ``on_step(step)`` runs after every optimiser step, ``step`` counting from 1 over the whole run.
+
+    A non-finite loss (checked before its step is taken), weight or validation metric raises
+    :class:`DivergedError` before anything of that epoch reaches ``on_epoch_end``.
     """
     reuse_large_allocations()
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
@@ -131,6 +159,9 @@ def fit(model: nn.Module, train: SequenceSplit, loss_fn: LossFn, validate: Calla
                    leave=False, mininterval=1.0)
         for step, batch in enumerate(bar, 1):
             loss, parts = loss_fn(batch)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise DivergedError(_diverged(f"epoch {epoch + 1}, step {step}: the loss is {loss_value}", best_epoch))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.max_grad_norm > 0:
@@ -138,12 +169,20 @@ def fit(model: nn.Module, train: SequenceSplit, loss_fn: LossFn, validate: Calla
             optimizer.step()
             if on_step is not None:
                 on_step(epoch * steps + step)
-            for name, value in {"loss": loss.item(), **parts}.items():
+            for name, value in {"loss": loss_value, **parts}.items():
                 totals[name] = totals.get(name, 0.0) + value
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{totals['loss'] / step:.4f}")
         seconds = time.perf_counter() - started
+        bad = nonfinite_tensors(model)
+        if bad:
+            raise DivergedError(_diverged(f"epoch {epoch + 1}: {len(bad)} weight tensor(s) hold NaN or infinite "
+                                          f"values ({', '.join(bad[:3])})", best_epoch))
         valid = validate()
+        bad = [name for name, value in valid.items() if not math.isfinite(value)]
+        if bad:
+            raise DivergedError(_diverged(f"epoch {epoch + 1}: validation {', '.join(bad[:3])} is not finite",
+                                          best_epoch))
         record = {"epoch": epoch, "seconds": seconds, "lr": config.lr * config.lr_factor(epoch),
                   "train": {k: v / steps for k, v in totals.items()}, "valid": valid}
         history.append(record)
@@ -167,6 +206,36 @@ def fit(model: nn.Module, train: SequenceSplit, loss_fn: LossFn, validate: Calla
     if best_state is not None:
         model.load_state_dict(best_state)
     return FitResult(best_epoch=best_epoch, best_valid=best_valid, history=history, stopped_early=stopped_early)
+
+
+def _diverged(what: str, best_epoch: int) -> str:
+    kept = (f"checkpoints of earlier epochs are kept (best: epoch {best_epoch + 1})" if best_epoch >= 0
+            else "nothing was saved")
+    return f"training diverged: {what}; stopped, {kept}. Try a lower --train.lr or --train.max_grad_norm"
+
+
+def check_run_folder(out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse to start a run in a folder that already holds something, unless told what to do with it.
+
+    ``resume`` continues the run there (its ``last/`` checkpoint); ``overwrite`` replaces it. Overwriting
+    keeps the old run until the new one has a checkpoint of its own: ``best/`` and ``last/`` are each
+    replaced atomically when the new run's first epoch ends, so a run that fails before that leaves the
+    old one whole. Raises :class:`RunFolderError`.
+    """
+    out = Path(out_dir)
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite contradict each other; give one")
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {out} is a file, not a run folder")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not (resume or overwrite):
+        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+        raise RunFolderError(f"--out {out} already holds a run ({shown}); pass --resume to continue it, "
+                             "--overwrite to replace it, or choose another --out")
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked (it holds another run's work)."""
 
 
 def checkpoint_dirs(out_dir: str | Path) -> tuple[Path, Path]:
