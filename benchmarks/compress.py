@@ -61,7 +61,7 @@ def dense_small(teacher_dir: Path, data, budget_bytes: int, train_cfg, out_dir: 
     from pocketrec.models import SessionRecommender
     from pocketrec.tables.dense import DenseTable
     from pocketrec.train.checkpoint import load_checkpoint
-    from pocketrec.train.teacher import ce_loss, dataset_meta, run_training
+    from pocketrec.train.run import dataset_meta, run_training
     from pocketrec.train.trainer import seed_everything
 
     teacher, _ = load_checkpoint(teacher_dir)
@@ -71,7 +71,7 @@ def dense_small(teacher_dir: Path, data, budget_bytes: int, train_cfg, out_dir: 
                               teacher.config.heads)
     model = SessionRecommender(enc, table)
     meta = {**dataset_meta(data), "method": "dense-small", "table_bytes": table.nbytes()}
-    fit = run_training(model, data, train_cfg, out_dir, ce_loss(model), meta)
+    fit = run_training(model, data, train_cfg, out_dir, None, meta)
     return model, fit
 
 

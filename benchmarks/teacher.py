@@ -30,22 +30,22 @@ DEFAULTS = ["encoder.dim=128", "train.epochs=6", "train.patience=2", "train.lr_d
 def run_one(dataset: str, overrides: list[str], out: str, label: str, resume: bool = False) -> dict:
     import torch
 
-    from pocketrec.config import load_config, to_dict
+    from pocketrec.config import to_dict
     from pocketrec.data.registry import load_dataset
-    from pocketrec.train.teacher import TeacherConfig, final_test_metrics, train_teacher
+    from pocketrec.train.teacher import final_test_metrics, load_teacher_config, train_teacher
 
     torch.set_num_threads(int(torch.get_num_threads()))
-    cfg = load_config(TeacherConfig, None,
-                      [*DEFAULTS, *overrides, f"dataset={dataset}", f"out={out}/{label}-{dataset}"])
+    cfg = load_teacher_config(None, [*DEFAULTS, *overrides, f"dataset={dataset}", f"out={out}/{label}-{dataset}"])
     data = load_dataset(dataset)
     started = time.perf_counter()
     model, result = train_teacher(data, cfg, resume=resume)
     test = final_test_metrics(result)
+    metric = cfg.train.metric or model.selection_metric
     return {
         "dataset": dataset, "method": label, "table_bytes": model.table.nbytes(),
         "dense_table_bytes": model.table.nbytes(),
         "recall@20": test["recall@20"], "mrr@20": test["mrr@20"], "ndcg@20": test["ndcg@20"],
-        "valid_" + cfg.train.metric: result.best_valid[cfg.train.metric],
+        "valid_" + metric: result.best_valid[metric],
         "best_epoch": result.best_epoch + 1, "epochs_run": len(result.history) - 1,
         "epoch_seconds": result.epoch_seconds, "total_seconds": time.perf_counter() - started,
         "peak_rss_mib": peak_rss_mib(), "threads": torch.get_num_threads(), "config": to_dict(cfg),

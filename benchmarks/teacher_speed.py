@@ -81,12 +81,12 @@ def run_pocketrec(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from pocketrec.config import load_config, to_dict
+    from pocketrec.config import to_dict
     from pocketrec.data.batching import num_batches
     from pocketrec.data.registry import load_dataset
-    from pocketrec.train.teacher import TeacherConfig, train_teacher
+    from pocketrec.train.teacher import load_teacher_config, train_teacher
 
-    cfg = load_config(TeacherConfig, None, [*DEFAULTS, *args.pocketrec_overrides, f"dataset={args.dataset}"])
+    cfg = load_teacher_config(None, [*DEFAULTS, *args.pocketrec_overrides, f"dataset={args.dataset}"])
     data = load_dataset(Path(args.data_path) if args.data_path else args.dataset)
     _, result = train_teacher(data, cfg)
     return {

@@ -15,7 +15,7 @@ from pocketrec.cli import app
 from pocketrec.config import ConfigError, load_config
 from pocketrec.data.errors import DataError
 from pocketrec.data.readers import read_interactions, read_session_log
-from pocketrec.models import EncoderConfig
+from pocketrec.models import EncoderConfig, SessionRecommender
 from pocketrec.train.checkpoint import (
     META_FILE,
     MODEL_FILE,
@@ -29,7 +29,7 @@ from pocketrec.train.checkpoint import (
     read_weights,
     save_checkpoint,
 )
-from pocketrec.train.teacher import TeacherConfig, build_teacher
+from pocketrec.train.teacher import TeacherConfig
 from pocketrec.train.trainer import TrainConfig
 
 
@@ -138,7 +138,8 @@ def test_cli_shows_a_yaml_error_as_one_line(tmp_path):
     ("encoder.attn_dropout=-0.1", r"encoder: attn_dropout must lie in \[0, 1\), got -0.1"),
     ("encoder.scale=0", "encoder: scale must be a finite number > 0, got 0.0"),
     ("train.metric=foo", "train: metric must be one of recall@5, recall@10, recall@20, mrr@5, mrr@10, mrr@20, "
-                         "ndcg@5, ndcg@10, ndcg@20; got 'foo'"),
+                         "ndcg@5, ndcg@10, ndcg@20, recall@50, ndcg@50, precision@10, precision@20, "
+                         "precision@50; got 'foo'"),
     ("train.patience=0", "train: patience must be >= 1, got 0"),
     ("train.weight_decay=-1", "train: weight_decay must be >= 0, got -1.0"),
 ])
@@ -151,7 +152,7 @@ def test_every_metric_the_evaluation_reports_is_accepted(synthetic_data):
     from helpers import tiny_teacher_config
     from pocketrec.eval.evaluate import evaluate
 
-    model = build_teacher(synthetic_data.num_items, tiny_teacher_config().encoder, 0)
+    model = dense_model(synthetic_data.num_items, tiny_teacher_config().encoder, 0)
     for name in evaluate(model, synthetic_data.valid):
         if "@" in name:
             assert TrainConfig(metric=name).metric == name
@@ -282,19 +283,19 @@ def test_an_incomplete_aside_folder_is_not_restored(tiny_teacher_dir, tmp_path):
 def test_load_weights_into_a_model_of_another_width(tiny_teacher_dir, tmp_path):
     saved = read_meta(tiny_teacher_dir)["encoder"]
     wider = EncoderConfig(**{**saved, "dim": 32})
-    model = build_teacher(read_meta(tiny_teacher_dir)["num_items"], wider, 0)
+    model = dense_model(read_meta(tiny_teacher_dir)["num_items"], wider, 0)
     with pytest.raises(CheckpointError) as err:
         load_weights_into(tiny_teacher_dir, model)
     assert str(err.value) == (f"{tiny_teacher_dir}: weights do not fit this model (saved encoder dim 16, "
                               "this run's 32; resume with the same --encoder settings)")
 
-    same = build_teacher(read_meta(tiny_teacher_dir)["num_items"], EncoderConfig(**saved), 0)
+    same = dense_model(read_meta(tiny_teacher_dir)["num_items"], EncoderConfig(**saved), 0)
     meta = load_weights_into(tiny_teacher_dir, same)
     reference, _ = load_checkpoint(tiny_teacher_dir)
     assert meta["encoder"] == saved
     assert all(torch.equal(v, reference.state_dict()[k]) for k, v in same.state_dict().items())
 
-    other_catalogue = build_teacher(7, EncoderConfig(**saved), 0)
+    other_catalogue = dense_model(7, EncoderConfig(**saved), 0)
     with pytest.raises(CheckpointError, match=r"weights do not fit this model \(table.weight saved \(\d+, 16\), "
                                               r"this model's \(8, 16\)\)"):
         load_weights_into(tiny_teacher_dir, other_catalogue)
@@ -305,7 +306,7 @@ def test_load_weights_into_verifies_the_checksum(tiny_teacher_dir, tmp_path):
     data = bytearray((path / MODEL_FILE).read_bytes())
     data[-1] ^= 0x10
     (path / MODEL_FILE).write_bytes(bytes(data))
-    model = build_teacher(read_meta(path)["num_items"], EncoderConfig(**read_meta(path)["encoder"]), 0)
+    model = dense_model(read_meta(path)["num_items"], EncoderConfig(**read_meta(path)["encoder"]), 0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(CheckpointError, match="checksum mismatch"):
         load_weights_into(path, model)
@@ -327,3 +328,11 @@ def test_inter_header_hint_names_what_a_cli_user_can_do(tmp_path):
     log.write_text("visit,item_id,time\n1,2,3\n1,3,4\n")
     with pytest.raises(DataError, match="rename that column to 'session_id'.*pass session_col="):
         read_session_log(log)
+
+
+def dense_model(num_items: int, encoder: EncoderConfig, seed: int) -> SessionRecommender:
+    """A seeded session model with a dense table of ``num_items`` items."""
+    from pocketrec.tables.dense import DenseTable
+
+    torch.manual_seed(seed)
+    return SessionRecommender(encoder, DenseTable(num_items, encoder.dim))

@@ -40,30 +40,34 @@ def user_errors():
 @app.command(context_settings=OVERRIDES)
 def train(ctx: typer.Context,
           dataset: str = typer.Option("ml-100k", help="dataset name (see `pocketrec datasets`) or a path"),
+          backbone: str | None = typer.Option(None, help="session (default: a session encoder) or lightgcn "
+                                                         "(collaborative filtering on user-item interactions)"),
           out: Path = typer.Option(None, help="run folder; default runs/teacher-DATASET"),
           config: Path | None = typer.Option(None, help="YAML file with encoder:/train: sections"),
           resume: bool = typer.Option(False, help="continue the run in OUT (from OUT/last)"),
           overwrite: bool = typer.Option(False, help="replace the run in OUT (kept until the new run's first "
                                                      "checkpoint)"),
           quiet: bool = typer.Option(False, help="no progress bars")) -> None:
-    """Train a teacher (session encoder + dense item table) and keep its best-on-validation checkpoint.
+    """Train a teacher (a backbone + dense item table) and keep its best-on-validation checkpoint.
 
-    Example: pocketrec train --dataset tmall --encoder.dim=128 --train.epochs=30
+    Example: pocketrec train --dataset tmall --encoder.dim=128 --train.epochs=30;
+    pocketrec train --backbone lightgcn --dataset ml-100k --encoder.layers=3. `--encoder.KEY=V` sets the
+    backbone's own config.
     """
-    from pocketrec.config import load_config
-    from pocketrec.data.registry import load_dataset
+    from pocketrec.backbones.base import backbone_class
     from pocketrec.eval.metrics import format_metrics
-    from pocketrec.train.teacher import TeacherConfig, final_test_metrics, train_teacher
+    from pocketrec.train.teacher import final_test_metrics, load_teacher_config, train_teacher
     from pocketrec.train.trainer import check_run_folder
 
     try:
-        cfg = load_config(TeacherConfig, config, [*ctx.args, f"dataset={dataset}"])
+        given = [f"dataset={dataset}", *([f"backbone={backbone}"] if backbone else [])]
+        cfg = load_teacher_config(config, [*ctx.args, *given])
         cfg.out = str(out or Path("runs") / f"teacher-{Path(dataset).stem}")
         check_run_folder(cfg.out, resume=resume, overwrite=overwrite)
         if quiet:
             cfg.train.progress = False
-        data = load_dataset(cfg.dataset)
-        console.print(f"{data.name}: {data.num_items:,} items, {data.train.num_examples:,} training examples")
+        data = backbone_class(cfg.backbone).load_dataset(cfg.dataset)
+        console.print(f"{data.name}: {data.num_items:,} items ({data.protocol} protocol)")
         _, result = train_teacher(data, cfg, resume=resume)
     except user_errors() as err:
         fail(str(err))

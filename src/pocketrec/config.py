@@ -122,12 +122,13 @@ def _apply(obj: Any, key: str, value: Any, full_key: str) -> None:
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
-                ) -> T:
-    """Defaults of ``cls``, then the YAML file at ``path``, then ``overrides`` (``key=value`` strings).
+                base: T | None = None) -> T:
+    """Defaults of ``cls`` (or ``base``, changed in place), then the YAML file at ``path``, then ``overrides``
+    (``key=value`` strings).
 
     The result is validated by re-running the dataclasses' ``__post_init__``.
     """
-    config = cls()
+    config = base if base is not None else cls()
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -135,7 +136,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         data = read_yaml(path)
         for key, value in data.items():
             _apply(config, str(key), value, str(key))
-    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides or []]
+    items = overrides.items() if isinstance(overrides, dict) else [split_override(o) for o in overrides or []]
     for key, value in items:
         _apply(config, key, value, key)
     return revalidate(config)
@@ -171,7 +172,8 @@ def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
     return " ".join(str(err).split())
 
 
-def _split(text: str) -> tuple[str, str]:
+def split_override(text: str) -> tuple[str, str]:
+    """``("train.lr", "0.01")`` of ``"--train.lr=0.01"`` (dashes in the key become underscores)."""
     key, sep, value = text.lstrip("-").partition("=")
     if not sep:
         raise ConfigError(f"override {text!r} is not of the form key=value")

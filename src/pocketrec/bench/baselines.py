@@ -26,7 +26,7 @@ from pocketrec.models.session_encoder import SessionRecommender
 from pocketrec.tables.dense import DenseTable
 from pocketrec.tables.quantized import QuantizedTable
 from pocketrec.train.checkpoint import copy_weights, save_checkpoint
-from pocketrec.train.teacher import ce_loss, dataset_meta, run_training
+from pocketrec.train.run import dataset_meta, run_training
 from pocketrec.train.trainer import FitResult, TrainConfig, seed_everything
 
 POST_HOC = ("int8", "int4", "kmeans")
@@ -40,7 +40,7 @@ def train_dense_small(teacher: SessionRecommender, data: Dataset, budget_bytes: 
     heads = teacher.config.heads if table.dim % teacher.config.heads == 0 else 1
     model = SessionRecommender(dataclasses.replace(teacher.config, dim=table.dim, heads=heads), table)
     meta = {**dataset_meta(data), "method": "dense-small", "table_bytes": table.nbytes()}
-    return model, run_training(model, data, train, out_dir, ce_loss(model), meta)
+    return model, run_training(model, data, train, out_dir, None, meta)
 
 
 def post_hoc_table(kind: str, teacher: SessionRecommender, budget_bytes: int | None, seed: int = 0,

@@ -8,8 +8,9 @@ exactly ``max_len`` items of context (earlier targets of a window see fewer, as 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -84,3 +85,28 @@ def iterate_batches(split: SequenceSplit, batch_size: int, max_len: int, shuffle
 
 def num_batches(split: SequenceSplit, batch_size: int, max_len: int) -> int:
     return -(-len(windows(split, max_len)) // batch_size)
+
+
+class BatchSource(Protocol):
+    """What the trainer draws an epoch of batches from, whatever the backbone's batches are."""
+
+    def num_batches(self) -> int:
+        """Batches per epoch (for the progress bar and the step count)."""
+
+    def batches(self, seed: int) -> Iterable[Any]:
+        """One epoch of training batches in the order ``seed`` gives (the same seed, the same order)."""
+
+
+@dataclass
+class SessionBatches:
+    """The training batches of a :class:`SequenceSplit`: shuffled whole-sequence windows (:func:`iterate_batches`)."""
+
+    split: SequenceSplit
+    batch_size: int
+    max_len: int
+
+    def num_batches(self) -> int:
+        return num_batches(self.split, self.batch_size, self.max_len)
+
+    def batches(self, seed: int) -> Iterator[Batch]:
+        return iterate_batches(self.split, self.batch_size, self.max_len, shuffle=True, seed=seed)

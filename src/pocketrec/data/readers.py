@@ -6,6 +6,8 @@ Formats (all may be gzip-compressed; compression is recognised by the gzip magic
   item ids -> :func:`read_session_lines`.
 * S3-Rec / ICLRec user sequences (Amazon Beauty, Sports, Toys): ``user item item ...`` per line, already
   chronological -> :func:`read_user_sequences`.
+* LightGCN / NGCF ``train.txt`` / ``test.txt``: ``user item item ...`` per line, integer ids, a line may
+  hold only a user -> :func:`read_user_item_lines`.
 * User-item(-rating)(-time) tables: MovieLens ``u.data`` (tab, no header), CSV/TSV with or without a
   header, RecBole atomic ``.inter`` files (header ``user_id:token item_id:token ...``) ->
   :func:`read_interactions`.
@@ -164,6 +166,44 @@ def read_user_sequences(path: PathLike) -> list[tuple[str, list[str]]]:
         out.append((user, tokens[1:]))
     if not out:
         raise DataError(path, None, "no user sequences (the file is empty)")
+    return out
+
+
+def read_user_item_lines(path: PathLike, *, allow_empty: bool = True) -> list[tuple[str, list[str]]]:
+    """LightGCN / NGCF ``train.txt`` and ``test.txt``: ``user item item ...`` per line, integer ids.
+
+    Returns ``(user, items)`` pairs in file order, ids as the raw strings. A line holding only a user is
+    that user with no items (LightGCN's ``test.txt`` may have them); ``allow_empty=False`` makes it a
+    :class:`DataError` instead (a ``train.txt`` user with no training items). A token that is not a
+    non-negative integer, a user listed twice, and an empty file are :class:`DataError` naming the line.
+    """
+    text = read_text(path)
+    bad = _NOT_INTEGER_TEXT.search(text)
+    if bad is not None:
+        line_no = text.count("\n", 0, bad.start()) + 1
+        line_start = text.rfind("\n", 0, bad.start()) + 1
+        start = max(text.rfind(" ", 0, bad.start()), text.rfind("\t", 0, bad.start()), line_start - 1) + 1
+        token = text[start:].split(None, 1)[0]
+        role = "user" if not text[line_start:start].strip() else "item"
+        raise DataError(path, line_no, f"{role} id {token!r} is not a non-negative integer "
+                                       "(expected 'user item item ...' with integer ids, as LightGCN writes)")
+    out: list[tuple[str, list[str]]] = []
+    seen: dict[str, int] = {}
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        user = tokens[0]
+        if user in seen:
+            raise DataError(path, line_no, f"user {user!r} already has a line (line {seen[user]}); "
+                                           "expected one line per user")
+        if len(tokens) == 1 and not allow_empty:
+            raise DataError(path, line_no, f"user {user!r} has no items (every user line of a training "
+                                           "file lists at least one item)")
+        seen[user] = line_no
+        out.append((user, tokens[1:]))
+    if not out:
+        raise DataError(path, None, "no user lines (the file is empty)")
     return out
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from pocketrec.data.dataset import Dataset
 from pocketrec.data.errors import DataError
+from pocketrec.data.interactions import CF, InteractionDataset, split_interactions, split_train_test
 from pocketrec.data.preprocess import (
     build_vocabulary,
     encode_integer_sessions,
@@ -44,6 +45,7 @@ from pocketrec.data.readers import (
     read_session_arrays,
     read_session_lines,
     read_text,
+    read_user_item_lines,
     read_user_sequences,
 )
 
@@ -364,3 +366,109 @@ def load_dataset(name_or_path: str | Path, *, root: str | Path | None = None, va
     data.origin = str(p.resolve())
     return data
 
+
+# ------------------------------------------------------------------ interaction data (collaborative filtering)
+
+_LIGHTGCN_LAYOUT = ({"train": "train.txt", "test": "test.txt"},)
+
+
+def _not_a_loader(name: str, files: Files, opts: dict) -> Dataset:
+    raise ValueError("layout only: use load_interactions")
+
+
+_LIGHTGCN = _Spec("lightgcn", CF, "LightGCN / NGCF train.txt + test.txt", "", _LIGHTGCN_LAYOUT, _not_a_loader)
+
+
+def _path_name(p: Path) -> str:
+    name = re.sub(r"(\.gz)?$", "", p.name)
+    return re.sub(r"\.(txt|csv|tsv|dat|data|inter)$", "", name) or p.name
+
+
+def _user_lines_as_interactions(users: list[tuple[str, list[str]]], source: str) -> Interactions:
+    flat_users = [u for u, items in users for _ in items]
+    flat_items = [i for _, items in users for i in items]
+    return Interactions(flat_users, flat_items, np.arange(len(flat_items), dtype=np.float64), None, source)
+
+
+def _cf_from_files(name: str, files: Files, opts: dict) -> InteractionDataset:
+    split = {k: opts[k] for k in ("seed", "min_rating", "k_core")}
+    if set(files) >= {"train", "test"}:  # LightGCN layout
+        train, test = files["train"], files["test"]
+        return split_train_test(name, read_user_item_lines(train, allow_empty=False), read_user_item_lines(test),
+                                valid_fraction=opts["valid_fraction"], train_source=str(train),
+                                test_source=str(test), **split)
+    if "interactions" in files:
+        inter = read_interactions(files["interactions"])
+    else:
+        path = files["sequences"]
+        inter = _user_lines_as_interactions(read_user_sequences(path), str(path))
+    return split_interactions(name, inter, ratios=opts["ratios"], **split)
+
+
+def _cf_from_path(p: Path, opts: dict, fmt: str | None) -> InteractionDataset:
+    if p.is_dir():
+        files = _match_layout(_LIGHTGCN, p)
+        if files is not None:
+            return _cf_from_files(p.name, files, opts)
+        folders = Counter(spec.folder for spec in _REGISTRY.values())
+        for spec in _REGISTRY.values():
+            if folders[spec.folder] == 1 and spec.protocol != SESSION:
+                files = _match_layout(spec, p)
+                if files is not None:
+                    return _cf_from_files(p.name, files, opts)
+        inter = sorted(p.glob("*.inter")) + sorted(p.glob("*.inter.gz"))
+        if len(inter) == 1:
+            return _cf_from_path(inter[0], opts, fmt)
+        raise DataError(p, None, "folder holds no interaction data: expected train.txt[.gz] + test.txt[.gz] "
+                                 "(LightGCN), a registered dataset's files, or one .inter file")
+    fmt = fmt or sniff_format(p)
+    name = _path_name(p)
+    if fmt == "interactions":
+        return _cf_from_files(name, {"interactions": p}, opts)
+    if fmt == "user-sequences":
+        return _cf_from_files(name, {"sequences": p}, opts)
+    if fmt == "sessions":  # each line is one user's items, as load_dataset reads such a file
+        users = [(str(n), items) for n, items in enumerate(read_session_lines(p), start=1)]
+        return split_interactions(name, _user_lines_as_interactions(users, str(p)), ratios=opts["ratios"],
+                                  seed=opts["seed"], min_rating=opts["min_rating"], k_core=opts["k_core"])
+    raise ValueError(f"unknown format {fmt!r}; use 'sessions', 'user-sequences' or 'interactions'")
+
+
+def load_interactions(name_or_path: str | Path, *, root: str | Path | None = None,
+                      ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0,
+                      valid_fraction: float = 0.1, min_rating: float | None = None, k_core: int | None = None,
+                      format: str | None = None) -> InteractionDataset:
+    """Interaction data for collaborative filtering (see :mod:`pocketrec.data.interactions`).
+
+    * a registered name with user-item data (``ml-100k``, ``beauty``, ``sports``, ``toys``,
+      ``musical-instruments``), found as :func:`load_dataset` finds it; the session datasets (``tmall``,
+      ``diginetica``) have no users and are a :class:`DataError`;
+    * a folder with ``train.txt[.gz]`` + ``test.txt[.gz]`` (the LightGCN / NGCF layout): test as given,
+      validation a seeded random ``valid_fraction`` of each user's training items;
+    * a folder laid out like a registered dataset, a folder with one ``.inter`` file, or a single file
+      (format sniffed by :func:`sniff_format` or given as ``format``): a seeded per-user random split by
+      ``ratios`` (train, valid, test).
+
+    ``min_rating`` keeps rows rated at least this (data without ratings: :class:`DataError`) and
+    ``k_core`` the iterative k-core of distinct (user, item) pairs, before splitting.
+    """
+    opts = {"ratios": tuple(ratios), "seed": seed, "valid_fraction": valid_fraction, "min_rating": min_rating,
+            "k_core": k_core}
+    key = str(name_or_path)
+    if isinstance(name_or_path, str) and key.lower() in _REGISTRY:
+        spec = _REGISTRY[key.lower()]
+        if spec.protocol == SESSION:
+            usable = ", ".join(s.name for s in _REGISTRY.values() if s.protocol != SESSION)
+            raise DataError(None, None, f"dataset {spec.name!r} is session data (anonymous sessions, no users); "
+                                        f"collaborative filtering needs user-item data: {usable}, or a path")
+        files, _ = _locate(spec, root)
+        data = _cf_from_files(spec.name, files, opts)
+        data.origin = spec.name
+        return data
+    p = Path(name_or_path)
+    if not p.exists():
+        raise DataError(p, None, f"no such file or folder, and not a registered dataset "
+                                 f"({', '.join(_REGISTRY)})")
+    data = _cf_from_path(p, opts, format)
+    data.origin = str(p.resolve())
+    return data

@@ -31,6 +31,7 @@ to the target and renamed into place, so a crash never leaves half an artifact b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -40,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from pocketrec.device.runtime import FORMAT, NORMS, VERSION, RawIds, artifact_checksum, non_finite, non_finite_message
+from pocketrec.device.runtime import FORMAT, VERSION, RawIds, artifact_checksum, non_finite, non_finite_message
 from pocketrec.device.signing import sign
 
 
@@ -50,18 +51,6 @@ class ExportedFile(type(Path())):  # type: ignore[misc]  # PosixPath/WindowsPath
     ``stat()`` can disagree). Paths derived from it (``.parent``, ...) have no ``nbytes``."""
 
     nbytes: int
-
-
-def _encoder_arrays(model: Any) -> dict[str, np.ndarray]:
-    out = {}
-    for name, value in model.state_dict().items():
-        if name.startswith("table."):
-            continue
-        arr = value.detach().cpu().numpy()
-        if np.issubdtype(arr.dtype, np.floating):
-            arr = arr.astype(np.float32)
-        out[f"encoder/{name}"] = np.ascontiguousarray(arr)
-    return out
 
 
 def _halve(tensors: dict[str, np.ndarray], description: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -125,19 +114,14 @@ def build_artifact(model: Any, vocab: list[str] | None = None, fp16: bool = Fals
     duplicate = RawIds(vocab).duplicate()
     if duplicate is not None:
         raise ValueError(f"item id {duplicate!r} appears more than once in the vocabulary")
-    tensors = _encoder_arrays(model)
+    arrays, description = table.export()
+    description = dict(description)
+    # the table first: a non-finite weight there is named before what was computed from it (norms)
+    tensors = {f"table/{name}": np.ascontiguousarray(arr) for name, arr in arrays.items()}
+    tensors.update(model.device_tensors())
     vocab_value, vocab_ids = RawIds.encode(vocab)
     if vocab_ids is not None:
         tensors[RawIds.TENSOR] = vocab_ids
-    arrays, description = table.export()
-    description = dict(description)
-    tensors.update({f"table/{name}": np.ascontiguousarray(arr) for name, arr in arrays.items()})
-    if model.config.normalize:
-        import torch
-
-        with torch.no_grad():
-            norms = model.item_norms().detach().cpu().numpy()
-            tensors[NORMS] = np.ascontiguousarray(norms.astype(np.float32))
     bad = non_finite(tensors)
     if bad:
         raise ValueError(non_finite_message(bad))
@@ -151,7 +135,8 @@ def build_artifact(model: Any, vocab: list[str] | None = None, fp16: bool = Fals
         "format": FORMAT,
         "version": str(VERSION),
         "table": json.dumps(description),
-        "encoder": json.dumps(model.config.to_dict()),
+        "backbone": model.backbone,
+        "encoder": json.dumps(dataclasses.asdict(model.config)),
         "num_items": str(table.num_items),
         "vocab": vocab_value,
         "table_nbytes": str(sum(a.nbytes for a in table_tensors.values())),

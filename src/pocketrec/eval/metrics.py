@@ -16,6 +16,12 @@ import torch
 from torch import Tensor
 
 DEFAULT_KS = (5, 10, 20)
+#: The cut-offs of collaborative-filtering evaluation (:mod:`pocketrec.eval.cf_metrics`).
+CF_KS = (10, 20, 50)
+#: Every validation metric an evaluation reports, by which a training run may pick its epoch.
+SELECTION_METRICS = tuple(dict.fromkeys(
+    [f"{name}@{k}" for name in ("recall", "mrr", "ndcg") for k in DEFAULT_KS]
+    + [f"{name}@{k}" for name in ("recall", "ndcg", "precision") for k in CF_KS]))
 
 
 def target_ranks(scores: Tensor, targets: Tensor) -> Tensor:

@@ -29,7 +29,7 @@ from pocketrec.train.checkpoint import load_checkpoint
 from pocketrec.train.compat import check_compatible
 from pocketrec.train.distill import DistillConfig, distillation_loss, prepare_student
 from pocketrec.train.recombination import hot_item_mask
-from pocketrec.train.teacher import dataset_meta, run_training
+from pocketrec.train.run import dataset_meta, run_training
 from pocketrec.train.trainer import FitResult, TrainConfig, seed_everything
 
 #: ``builder(teacher, budget_bytes) -> (table, meta)``: the method's item table within the budget, and

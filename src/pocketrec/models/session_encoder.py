@@ -28,12 +28,14 @@ input vectors and the catalogue scores, so a compressed table replaces the dense
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pocketrec.backbones.base import LossFn, Recommender
 from pocketrec.tables.base import ItemTable, normalise_row_norms
 
 READOUTS = ("attention", "hybrid", "item", "last")
@@ -204,8 +206,17 @@ class ItemReadout(nn.Module):
         return alpha @ items
 
 
-class SessionRecommender(nn.Module):
-    """Query encoder + item table. ``score(inputs)`` ranks the whole catalogue for each session."""
+class SessionRecommender(Recommender):
+    """Query encoder + item table. ``score(inputs)`` ranks the whole catalogue for each session.
+
+    The ``session`` backbone (:mod:`pocketrec.backbones.base`): batches of whole sessions, cross-entropy
+    over the catalogue, SR-GNN-protocol evaluation; a device runs the encoder on the recent items.
+    """
+
+    backbone: ClassVar[str] = "session"
+    device_query: ClassVar[str] = "session-encoder"
+    selection_metric: ClassVar[str] = "mrr@20"
+    config_class: ClassVar[type] = EncoderConfig
 
     def __init__(self, config: EncoderConfig, table: ItemTable) -> None:
         super().__init__()
@@ -294,3 +305,57 @@ class SessionRecommender(nn.Module):
 
     def score(self, inputs: Tensor) -> Tensor:
         return self.item_scores(self.encode(inputs))
+
+    # ------------------------------------------------------------------ the backbone interface
+    @classmethod
+    def load_dataset(cls, name_or_path: str) -> Any:
+        """A session or per-user sequence dataset (:func:`pocketrec.data.registry.load_dataset`)."""
+        from pocketrec.data import registry
+
+        return registry.load_dataset(name_or_path)
+
+    @classmethod
+    def build_teacher(cls, dataset: Any, config: EncoderConfig) -> SessionRecommender:
+        """The encoder with a dense item table of ``dataset``'s catalogue."""
+        from pocketrec.tables.dense import DenseTable
+
+        return cls(config, DenseTable(dataset.num_items, config.dim))
+
+    def training_batches(self, dataset: Any, batch_size: int) -> Any:
+        from pocketrec.data.batching import SessionBatches
+
+        return SessionBatches(dataset.train, batch_size, self.config.max_len)
+
+    def training_loss(self) -> LossFn:
+        """Cross-entropy of every target position over the whole catalogue."""
+        from pocketrec.train.catalogue_loss import catalogue_cross_entropy
+        from pocketrec.train.losses import targets_and_queries
+
+        def loss_fn(batch: Any) -> tuple[Tensor, dict[str, float]]:
+            queries, targets = targets_and_queries(self, batch)
+            return catalogue_cross_entropy(queries, self.scoring_rows(), targets), {}
+        return loss_fn
+
+    def evaluate(self, dataset: Any, split: str, batch_size: int = 256, progress: bool = False,
+                 desc: str = "eval") -> dict[str, float]:
+        from pocketrec.eval.evaluate import evaluate
+
+        return evaluate(self, getattr(dataset, split), batch_size=batch_size, progress=progress, desc=desc)
+
+    def device_tensors(self) -> dict[str, np.ndarray]:
+        """Every encoder weight (the state dict without the item table) as ``encoder/<name>``, float32; in
+        cosine mode also the item-row norms (``scoring/norms``) that the runtime divides scores by."""
+        from pocketrec.device.runtime import NORMS
+
+        out = {}
+        for name, value in self.state_dict().items():
+            if name.startswith("table."):
+                continue
+            arr = value.detach().cpu().numpy()
+            if np.issubdtype(arr.dtype, np.floating):
+                arr = arr.astype(np.float32)
+            out[f"encoder/{name}"] = np.ascontiguousarray(arr)
+        if self.config.normalize:
+            with torch.no_grad():
+                out[NORMS] = np.ascontiguousarray(self.item_norms().detach().cpu().numpy().astype(np.float32))
+        return out

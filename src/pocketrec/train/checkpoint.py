@@ -30,8 +30,8 @@ import torch
 from safetensors.torch import load, save_file
 from torch import nn
 
+from pocketrec.backbones.base import DEFAULT_BACKBONE, Recommender, backbone_class
 from pocketrec.config import ConfigError, load_config
-from pocketrec.models.session_encoder import EncoderConfig, SessionRecommender
 from pocketrec.tables.base import TABLE_KINDS, ItemTable
 
 FORMAT = "pocketrec-checkpoint"
@@ -48,13 +48,11 @@ class CheckpointError(ValueError):
 
 #: Keys ``checkpoint.json`` must have, and the JSON type of those that code reads (when present).
 REQUIRED_KEYS = ("encoder", "table", "table_nbytes")
-KEY_TYPES: dict[str, type] = {"encoder": dict, "table": dict, "table_nbytes": int, "num_items": int,
+KEY_TYPES: dict[str, type] = {"backbone": str, "encoder": dict, "table": dict, "table_nbytes": int, "num_items": int,
                               "dataset": str, "vocab": list, "vocab_fingerprint": str, "epoch": int,
                               "valid": dict, "test": dict, "trainer_state": dict, "history": list,
                               "checksum": dict}
 _JSON_NAMES = {dict: "an object", list: "a list", int: "an integer", str: "a string"}
-#: Encoder fields that change the shapes of the weights (the others can differ on resume).
-_SHAPE_FIELDS = ("dim", "inner", "layers", "max_len", "readout")
 
 
 def _aside(path: Path) -> Path:
@@ -86,7 +84,7 @@ def _meta_checksum(meta: dict[str, Any]) -> str:
     return _sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
-def save_checkpoint(path: str | Path, model: SessionRecommender, meta: dict[str, Any],
+def save_checkpoint(path: str | Path, model: Recommender, meta: dict[str, Any],
                     optimizer: torch.optim.Optimizer | None = None) -> Path:
     """Write ``model`` and ``meta`` to the folder ``path`` atomically; returns ``path``."""
     path = Path(path)
@@ -96,9 +94,11 @@ def save_checkpoint(path: str | Path, model: SessionRecommender, meta: dict[str,
     full_meta = {
         "format": FORMAT,
         "version": VERSION,
-        "encoder": model.config.to_dict(),
+        "backbone": model.backbone,
+        "encoder": dataclasses.asdict(model.config),
         "table": description,
         "table_nbytes": model.table.nbytes(),
+        **model.checkpoint_meta(),
         **meta,
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -173,15 +173,17 @@ def read_weights(path: str | Path, meta: dict[str, Any] | None = None) -> dict[s
     return state
 
 
-def load_checkpoint(path: str | Path) -> tuple[SessionRecommender, dict[str, Any]]:
-    """Rebuild the recommender saved at ``path``; returns ``(model, meta)`` with the model in eval mode."""
+def load_checkpoint(path: str | Path) -> tuple[Recommender, dict[str, Any]]:
+    """Rebuild the recommender saved at ``path`` (its backbone found by name, :mod:`pocketrec.backbones`);
+    returns ``(model, meta)`` with the model in eval mode."""
     path = Path(path)
     meta = read_meta(path)
+    cls = checkpoint_backbone(path, meta)
     table = _table(path, meta["table"])
-    config = _encoder_config(path, meta["encoder"])
+    config = _encoder_config(path, meta["encoder"], cls.config_class)
     try:
-        model = SessionRecommender(config, table)
-    except ValueError as err:
+        model = cls.from_checkpoint(config, table, meta)
+    except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path / META_FILE}: {err}") from None
     state = read_weights(path, meta)
     problem = _misfit(state, model)
@@ -205,10 +207,10 @@ def load_weights_into(path: str | Path, model: nn.Module) -> dict[str, Any]:
     problem = _misfit(state, model)
     if problem:
         config = getattr(model, "config", None)
-        ours = config.to_dict() if isinstance(config, EncoderConfig) else {}
+        ours = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
         saved = meta["encoder"]
-        diffs = [f"saved encoder {k} {saved[k]}, this run's {ours[k]}" for k in _SHAPE_FIELDS
-                 if k in ours and k in saved and saved[k] != ours[k]]
+        diffs = [f"saved encoder {k} {saved[k]}, this run's {ours[k]}" for k in ours
+                 if k in saved and saved[k] != ours[k]]
         if diffs:
             problem = "; ".join([*diffs, "resume with the same --encoder settings"])
         raise CheckpointError(f"{path}: weights do not fit this model ({problem})")
@@ -241,16 +243,24 @@ def _table(path: Path, description: dict[str, Any]) -> ItemTable:
         raise CheckpointError(f"{path / META_FILE}: bad item table description ({err})") from None
 
 
-def _encoder_config(path: Path, data: dict[str, Any]) -> EncoderConfig:
-    """The saved encoder config, converted and validated like a YAML section; keys it does not have keep
-    their defaults (older versions), keys this version does not know are refused (newer versions)."""
-    known = {f.name for f in dataclasses.fields(EncoderConfig)}
+def checkpoint_backbone(path: str | Path, meta: dict[str, Any]) -> type[Recommender]:
+    """The :class:`Recommender` class of a checkpoint's ``backbone`` (``session`` when it names none)."""
+    try:
+        return backbone_class(meta.get("backbone", DEFAULT_BACKBONE))
+    except ValueError as err:
+        raise CheckpointError(f"{Path(path) / META_FILE}: written by a newer pocketrec? {err}") from None
+
+
+def _encoder_config(path: Path, data: dict[str, Any], config_class: type) -> Any:
+    """The saved encoder (backbone) config, converted and validated like a YAML section; keys it does not
+    have keep their defaults (older versions), keys this version does not know are refused (newer ones)."""
+    known = {f.name for f in dataclasses.fields(config_class)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise CheckpointError(f"{path / META_FILE}: written by a newer pocketrec? unknown encoder key "
                               f"{unknown[0]!r}")
     try:
-        return load_config(EncoderConfig, None, data)
+        return load_config(config_class, None, data)
     except ConfigError as err:
         # every EncoderConfig message starts with the field's name
         raise CheckpointError(f"{path / META_FILE}: encoder.{err}") from None

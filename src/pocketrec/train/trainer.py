@@ -1,9 +1,10 @@
-"""The training loop shared by teachers and compressed students.
+"""The training loop shared by every backbone, teachers and compressed students alike.
 
-Epochs over shuffled whole-session batches, Adam, validation after each epoch, early stopping on a
-validation metric, the best-on-validation weights kept, a progress bar, and resumption from the last
-epoch's checkpoint. What is optimised is given as a ``loss_fn(batch) -> (loss, parts)``, so the plain
-cross-entropy teacher and the distillation student share this one loop.
+Epochs over the batches of a :class:`~pocketrec.data.batching.BatchSource` (whole sessions for the session
+encoder, (user, positive, negative) triples for LightGCN), Adam, validation after each epoch, early
+stopping on a validation metric, the best-on-validation weights kept, a progress bar, and resumption from
+the last epoch's checkpoint. What is optimised is given as a ``loss_fn(batch) -> (loss, parts)``, so a
+teacher's own loss and a distillation student's share this one loop.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pocketrec.data.batching import Batch, iterate_batches, num_batches
-from pocketrec.data.dataset import SequenceSplit
+from pocketrec.data.batching import BatchSource
 from pocketrec.train.allocator import reuse_large_allocations
 
-LossFn = Callable[[Batch], tuple[Tensor, dict[str, float]]]
+LossFn = Callable[[Any], tuple[Tensor, dict[str, float]]]
 
 
 class DivergedError(ValueError):
@@ -55,7 +55,8 @@ class TrainConfig:
     lr_decay_every: int = 1
     weight_decay: float = 0.0
     patience: int = 3
-    metric: str = "mrr@20"
+    #: "" = the backbone's own (session: mrr@20, LightGCN: ndcg@20)
+    metric: str = ""
     seed: int = 42
     eval_batch_size: int = 256
     max_grad_norm: float = 5.0
@@ -79,12 +80,11 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         # The epoch is chosen by this metric of the validation run, so a typo must fail now, not after
-        # the first epoch: the names are those eval.evaluate reports (ks=DEFAULT_KS).
-        from pocketrec.eval.metrics import DEFAULT_KS
+        # the first epoch: the names are those the evaluation of some backbone reports.
+        from pocketrec.eval.metrics import SELECTION_METRICS
 
-        known = [f"{name}@{k}" for name in ("recall", "mrr", "ndcg") for k in DEFAULT_KS]
-        if self.metric not in known:
-            raise ValueError(f"metric must be one of {', '.join(known)}; got {self.metric!r}")
+        if self.metric and self.metric not in SELECTION_METRICS:
+            raise ValueError(f"metric must be one of {', '.join(SELECTION_METRICS)}; got {self.metric!r}")
 
     def lr_factor(self, epoch: int) -> float:
         """The factor on every group's base learning rate during ``epoch`` (0-based)."""
@@ -109,8 +109,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def fit(model: nn.Module, train: SequenceSplit, loss_fn: LossFn, validate: Callable[[], dict[str, float]],
-        config: TrainConfig, max_len: int, *, parameters: list[dict[str, Any]] | None = None,
+def fit(model: nn.Module, train: BatchSource, loss_fn: LossFn, validate: Callable[[], dict[str, float]],
+        config: TrainConfig, *, parameters: list[dict[str, Any]] | None = None,
         on_epoch_end: Callable[[int, dict[str, Any], bool, torch.optim.Optimizer], None] | None = None,
         resume: Callable[[torch.optim.Optimizer], dict[str, Any] | None] | None = None,
         on_step: Callable[[int], None] | None = None,
@@ -145,7 +145,7 @@ def fit(model: nn.Module, train: SequenceSplit, loss_fn: LossFn, validate: Calla
         bad_epochs = int(state.get("bad_epochs", 0))
         best_state = state.get("best_state")
         log(f"resumed after epoch {start_epoch}")
-    steps = num_batches(train, config.batch_size, max_len)
+    steps = train.num_batches()
     stopped_early = False
     for epoch in range(start_epoch, config.epochs):
         seed_everything(config.seed + epoch)  # per-epoch seed: resumed runs replay the same batches
@@ -154,7 +154,7 @@ def fit(model: nn.Module, train: SequenceSplit, loss_fn: LossFn, validate: Calla
         model.train()
         started = time.perf_counter()
         totals: dict[str, float] = {}
-        batches = iterate_batches(train, config.batch_size, max_len, shuffle=True, seed=config.seed + epoch)
+        batches = train.batches(config.seed + epoch)
         bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress,
                    leave=False, mininterval=1.0)
         for step, batch in enumerate(bar, 1):
