@@ -22,7 +22,8 @@ every variant, so a long run keeps what it finished.
     python benchmarks/compress.py --method eodrec --quick      # tiny synthetic smoke run, writes nothing
 
 Overrides: ``--train.KEY=V``, ``--distill.KEY=V`` and the method's own keys (``--num_cores=3``, ``--M=4``...);
-``--variants a,b`` runs a subset.
+``--variants a,b`` runs a subset. Methods, their configs and runners come from :mod:`pocketrec.methods.registry`
+(``dense-small`` is its baseline of that name, with the method's budget and ``train`` schedule).
 """
 
 from __future__ import annotations
@@ -56,25 +57,6 @@ def quick_setup(out: Path):
     return data, out / "teacher-synthetic" / "best"
 
 
-def dense_small(teacher_dir: Path, data, budget_bytes: int, train_cfg, out_dir: Path):
-    """A dense table of the budget's bytes (smaller d), trained from scratch with cross-entropy."""
-    from pocketrec.models import SessionRecommender
-    from pocketrec.tables.dense import DenseTable
-    from pocketrec.train.checkpoint import load_checkpoint
-    from pocketrec.train.run import dataset_meta, run_training
-    from pocketrec.train.trainer import seed_everything
-
-    teacher, _ = load_checkpoint(teacher_dir)
-    seed_everything(train_cfg.seed)
-    table = DenseTable.for_budget(data.num_items, teacher.config.dim, budget_bytes)
-    enc = dataclasses.replace(teacher.config, dim=table.dim, heads=1 if table.dim % teacher.config.heads else
-                              teacher.config.heads)
-    model = SessionRecommender(enc, table)
-    meta = {**dataset_meta(data), "method": "dense-small", "table_bytes": table.nbytes()}
-    fit = run_training(model, data, train_cfg, out_dir, None, meta)
-    return model, fit
-
-
 def variant_config(method: str, name: str, cfg):
     """The method config of variant ``name`` (a copy of ``cfg`` with the variant's change)."""
     distill = cfg.distill
@@ -94,9 +76,7 @@ def variant_config(method: str, name: str, cfg):
 
 
 def run_variant(method: str, name: str, teacher_dir: Path, data, cfg, out: Path, tag: str = "") -> dict:
-    import importlib
-
-    from pocketrec.search.budget import parse_budget
+    from pocketrec.methods.registry import get_method
     from pocketrec.tables.dense import DenseTable
     from pocketrec.train.checkpoint import read_meta
 
@@ -104,17 +84,18 @@ def run_variant(method: str, name: str, teacher_dir: Path, data, cfg, out: Path,
     dense_bytes = DenseTable.bytes_for(meta["num_items"], meta["encoder"]["dim"])
     started = time.perf_counter()
     run_dir = out / f"{name}{tag}-{data.name}"
-    if name == "dense-small":
-        model, fit = dense_small(teacher_dir, data, parse_budget(cfg.budget, dense_bytes), cfg.train, run_dir)
-        test, table_bytes, extra = fit.history[-1]["test"], model.table.nbytes(), {"dim": model.table.dim}
+    if name == "dense-small":  # the baseline at the method's budget, trained with the method's schedule
+        recipe = get_method("dense-small")
+        vcfg = recipe.load_config()
+        vcfg.teacher, vcfg.budget, vcfg.out, vcfg.train = cfg.teacher, cfg.budget, str(run_dir), cfg.train
     else:
-        recipe = importlib.import_module(f"pocketrec.methods.{method}")
+        recipe = get_method(method)
         vcfg = dataclasses.replace(variant_config(method, name, cfg), out=str(run_dir))
-        model, result = recipe.compress_from_config(vcfg, data)
-        fit, test, table_bytes = result.fit, result.test, result.table_bytes
-        keys = ("tt_rank", "t", "num_cores", "order", "warm_start_error", "M", "K", "dtype", "codes", "code_mse",
-                "code_learning")
-        extra = {k: result.meta[k] for k in keys if k in result.meta}
+    model, result = recipe.compress(vcfg, data)
+    fit, test, table_bytes = result.fit, result.test, result.table_bytes
+    keys = ("tt_rank", "t", "num_cores", "order", "warm_start_error", "M", "K", "dtype", "codes", "code_mse",
+            "code_learning", "dim")
+    extra = {k: result.meta[k] for k in keys if k in result.meta}
     return {"dataset": data.name, "method": name + tag, "table_bytes": table_bytes, "dense_table_bytes": dense_bytes,
             "ratio": dense_bytes / table_bytes, "recall@20": test["recall@20"], "mrr@20": test["mrr@20"],
             "ndcg@20": test["ndcg@20"], "best_epoch": fit.best_epoch + 1, "epoch_seconds": fit.epoch_seconds,
@@ -148,8 +129,8 @@ def main() -> None:
 
     import torch
 
-    from pocketrec.config import load_config
     from pocketrec.data.registry import load_dataset
+    from pocketrec.methods.registry import get_method
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -158,8 +139,7 @@ def main() -> None:
     unknown = sorted(set(variants) - set(VARIANTS[method]))
     if unknown:
         sys.exit(f"unknown variants {unknown} for {method} (known: {', '.join(VARIANTS[method])})")
-    config_cls = getattr(__import__(f"pocketrec.methods.{method}", fromlist=["x"]),
-                         {"odrec": "ODRecConfig", "eodrec": "EODRecConfig"}[method])
+    recipe = get_method(method)
     out = Path(args.out)
     ratio = args.ratio or DEFAULT_RATIO[method]
     rows = []
@@ -176,7 +156,7 @@ def main() -> None:
                      "`pocketrec train`, or pass --teacher)")
         if isinstance(data, str):
             data = load_dataset(data)
-        cfg = load_config(config_cls, None, [*overrides, f"budget={ratio}x", f"teacher={teacher_dir}"])
+        cfg = recipe.load_config(None, [*overrides, f"budget={ratio}x", f"teacher={teacher_dir}"])
         done = [teacher_row(teacher_dir, data.name)]
         for name in variants:
             print(f"== {data.name}: {name}", file=sys.stderr, flush=True)

@@ -54,3 +54,24 @@ def tiny_teacher_config(out: object = "", epochs: int = 4, seed: int = 7) -> Tea
 def student_train_config(epochs: int = 2) -> TrainConfig:
     """The schedule of the tiny students distilled from ``tiny_teacher_config`` teachers."""
     return TrainConfig(epochs=epochs, batch_size=32, lr=5e-3, seed=7, progress=False, patience=10)
+
+
+def synthetic_interactions(num_users: int = 150, num_items: int = 60, clusters: int = 4, per_user: int = 12,
+                           seed: int = 0):
+    """An :class:`~pocketrec.data.interactions.InteractionDataset` where users of cluster ``c`` mostly like
+    the items of cluster ``c`` (10% noise), split 80/10/10 per user: a CF model must learn the clusters."""
+    from pocketrec.data.interactions import split_interactions
+    from pocketrec.data.readers import Interactions
+
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for user in range(1, num_users + 1):
+        cluster = user % clusters
+        own = np.arange(1, num_items + 1)[np.arange(num_items) % clusters == cluster]
+        picks = set(rng.choice(own, size=min(per_user, len(own)), replace=False).tolist())
+        picks |= set(rng.integers(1, num_items + 1, size=max(1, per_user // 10)).tolist())
+        users += [f"u{user}"] * len(picks)
+        items += [f"i{i}" for i in sorted(picks)]
+    rows = Interactions(users=users, items=items, timestamps=np.arange(len(users)), ratings=None,
+                        source="synthetic interactions")
+    return split_interactions("synthetic-cf", rows, seed=seed)

@@ -80,8 +80,8 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="checkpoint folder (e.g
              dataset: str | None = typer.Option(None, help="dataset; default: the one it was trained on"),
              split: str = typer.Option("test", help="valid or test"),
              as_json: bool = typer.Option(False, "--json", help="print metrics as JSON")) -> None:
-    """Evaluate a checkpoint with full ranking (Recall/MRR/NDCG at 5, 10, 20)."""
-    from pocketrec.eval.evaluate import evaluate as run_eval
+    """Evaluate a checkpoint with full ranking: Recall/MRR/NDCG at 5, 10, 20 for session models;
+    Recall/NDCG/Precision at 10, 20, 50 for LightGCN (each user's earlier items excluded)."""
     from pocketrec.train.checkpoint import load_checkpoint
     from pocketrec.train.compat import check_compatible, load_dataset_of
 
@@ -91,19 +91,27 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="checkpoint folder (e.g
         check_compatible(meta, data, what=str(checkpoint))
         if split not in ("valid", "test"):
             raise ValueError(f"--split must be 'valid' or 'test', got {split!r}")
-        metrics = run_eval(model, getattr(data, split), progress=True)
+        metrics = model.evaluate(data, split, progress=True)
     except user_errors() as err:
         fail(str(err))
     if as_json:
         print(json.dumps(metrics))
         return
-    table = Table(title=f"{checkpoint} on {data.name} ({split}, {int(metrics['examples']):,} examples)")
+    Console().print(metrics_table(metrics, f"{checkpoint} on {data.name} ({split})"))
+
+
+def metrics_table(metrics: dict[str, float], title: str) -> Table:
+    """Rows K, one column per metric name (``recall@10`` ...), in percent; counts (no ``@``) in the title."""
+    names = list(dict.fromkeys(key.split("@")[0] for key in metrics if "@" in key))
+    ks = sorted({int(key.split("@")[1]) for key in metrics if "@" in key})
+    counts = ", ".join(f"{int(v):,} {key}" for key, v in metrics.items() if "@" not in key)
+    table = Table(title=f"{title}{f', {counts}' if counts else ''}")
     table.add_column("K", justify="right")
-    for name in ("Recall", "MRR", "NDCG"):
-        table.add_column(f"{name}@K (%)", justify="right")
-    for k in (5, 10, 20):
-        table.add_row(str(k), *(f"{100 * metrics[f'{m}@{k}']:.2f}" for m in ("recall", "mrr", "ndcg")))
-    Console().print(table)
+    for name in names:
+        table.add_column(f"{name.upper() if name in ('mrr', 'ndcg') else name.capitalize()}@K (%)", justify="right")
+    for k in ks:
+        table.add_row(str(k), *(f"{100 * metrics[f'{n}@{k}']:.2f}" if f"{n}@{k}" in metrics else "-" for n in names))
+    return table
 
 
 @app.command()
@@ -147,12 +155,19 @@ def _run_bench(cfg, title: str, command: str, quiet: bool):
     return data, rows
 
 
+def _method_names() -> tuple[str, ...]:
+    """The names of :mod:`pocketrec.methods.registry` (imports no method)."""
+    from pocketrec.methods.registry import method_names
+
+    return method_names()
+
+
 @app.command(context_settings=OVERRIDES)
 def bench(ctx: typer.Context,
           dataset: str = typer.Option("ml-100k", help="dataset name or path"),
           budgets: str = typer.Option("3%,10%", help="comma-separated item-table budgets: '3%', '30x', '200KB'"),
-          methods: str | None = typer.Option(None, help="comma-separated subset of: odrec, tt, eodrec, "
-                                                        "dense-small, kmeans, int8, int4 (default: all)"),
+          methods: str | None = typer.Option(None, help="comma-separated subset of: "
+                                                        f"{', '.join(_method_names())} (default: all)"),
           teacher: Path | None = typer.Option(None, help="use this teacher checkpoint instead of training one"),
           out: Path | None = typer.Option(None, help="bench folder (default runs/bench-DATASET); finished "
                                                      "models in it are reused"),
@@ -162,6 +177,10 @@ def bench(ctx: typer.Context,
 
     Example: pocketrec bench --dataset tmall --budgets 3%,10% --teacher runs/teacher-tmall/best
     --student.epochs=3. Overrides as --key=value (see pocketrec.bench.runner.BenchConfig).
+
+    A method's own options (those of `pocketrec compress --method M`) go as METHOD.KEY=VALUE entries of
+    --method_options, e.g. --method_options=eodrec.dtype=int8,eodrec.max_codebooks=64,tt.train.epochs=5
+    (or a method_options: list in the YAML); a method run with options gets its own folder in OUT.
     """
     from pocketrec.bench.runner import BenchConfig
     from pocketrec.config import load_config
@@ -241,6 +260,8 @@ def export(checkpoint: Path = typer.Argument(..., help="checkpoint folder (e.g. 
            fmt: str | None = typer.Option(None, "--format", help="safetensors (numpy runtime) or onnx; default: "
                                                                  "onnx for a .onnx OUT, else safetensors"),
            k: int = typer.Option(100, help="ONNX only: number of ranked items the graph returns"),
+           user: str | None = typer.Option(None, "--user", help="LightGCN models: the user(s) the device file is "
+                                                                "for, raw ids, comma-separated, or 'all'"),
            sign_key: Path | None = typer.Option(None, "--sign-key", help="sign the artifact with the key in this "
                                                                          "file (default: $POCKETREC_SIGNING_KEY "
                                                                          "when set)")) -> None:
@@ -267,7 +288,8 @@ def export(checkpoint: Path = typer.Argument(..., help="checkpoint folder (e.g. 
             from pocketrec.device.artifact import export_artifact
 
             key = read_key(sign_key) if sign_key is not None else key_from_env()
-            written = export_artifact(checkpoint, out, fp16=fp16, key=key)
+            users = [u.strip() for u in user.split(",") if u.strip()] if user else None
+            written = export_artifact(checkpoint, out, fp16=fp16, key=key, users=users)
         else:
             if fp16:
                 raise ValueError("--fp16 is only supported with --format safetensors")
@@ -285,7 +307,10 @@ def export(checkpoint: Path = typer.Argument(..., help="checkpoint folder (e.g. 
 
 @app.command()
 def recommend(artifact: Path = typer.Argument(..., help="device artifact (.safetensors from `pocketrec export`)"),
-              history: str = typer.Option(..., help="comma-separated raw item ids, oldest first"),
+              history: str | None = typer.Option(None, help="session models: comma-separated raw item ids, "
+                                                             "oldest first"),
+              user: str | None = typer.Option(None, "--user", help="LightGCN models: the raw user id (default: "
+                                                                   "the file's only user)"),
               k: int = typer.Option(10, "-k", help="number of items to recommend"),
               exclude_history: bool = typer.Option(False, help="do not recommend items of the history"),
               as_json: bool = typer.Option(False, "--json", help="print ids and scores as JSON"),
@@ -296,7 +321,9 @@ def recommend(artifact: Path = typer.Argument(..., help="device artifact (.safet
               ) -> None:
     """Recommend with the numpy runtime (no PyTorch): ranked raw item ids and scores.
 
-    Example: pocketrec recommend tmall.safetensors --history 12,7,99 -k 10
+    Example: pocketrec recommend tmall.safetensors --history 12,7,99 -k 10; for a LightGCN file
+    (`pocketrec export CKPT -o u42.safetensors --user 42`): pocketrec recommend u42.safetensors (the
+    user's own items are never recommended back).
 
     With --verify-key FILE, or else with $POCKETREC_SIGNING_KEY set, an unsigned artifact or one signed with
     another key is refused.
@@ -306,7 +333,7 @@ def recommend(artifact: Path = typer.Argument(..., help="device artifact (.safet
     from pocketrec.device.runtime import load
     from pocketrec.device.signing import key_from_env, read_key
 
-    items = [h.strip() for h in history.split(",") if h.strip()]
+    items = [h.strip() for h in (history or "").split(",") if h.strip()]
     try:
         if k < 1:
             raise ValueError(f"-k must be at least 1, got {k}")
@@ -314,7 +341,14 @@ def recommend(artifact: Path = typer.Argument(..., help="device artifact (.safet
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model = load(artifact, key=key)
-            ids, scores = model.recommend(items, k=k, exclude_history=exclude_history)
+            if model.users is not None:
+                if history is not None:
+                    raise ValueError(f"{artifact} ranks for its users (LightGCN): pass --user, not --history")
+                ids, scores = model.recommend_user(user, k=k)
+            else:
+                if history is None or user is not None:
+                    raise ValueError(f"{artifact} ranks after a history of items: pass --history (not --user)")
+                ids, scores = model.recommend(items, k=k, exclude_history=exclude_history)
     except user_errors() as err:
         fail(str(err))
     for warning in caught:
@@ -328,7 +362,9 @@ def recommend(artifact: Path = typer.Argument(..., help="device artifact (.safet
 
 @app.command(context_settings=OVERRIDES)
 def compress(ctx: typer.Context,
-             method: str = typer.Option("odrec", help="compression method: odrec (TT tables) or eodrec (codebooks)"),
+             method: str = typer.Option("odrec", help=f"compression method: {', '.join(_method_names())} (odrec: "
+                                                      "TT tables, tt: odrec with t=1, eodrec: codebooks, the rest: "
+                                                      "baselines; see pocketrec.methods.registry)"),
              teacher: Path = typer.Option(..., help="teacher checkpoint folder (e.g. runs/teacher-tmall/best)"),
              budget: str | None = typer.Option(None, help="item-table budget: '3%' or '30x' of the dense table, "
                                                           "'200KB', '1.5MB', or bytes (default: odrec 3%, "
@@ -348,40 +384,39 @@ def compress(ctx: typer.Context,
     --codes=learned|gumbel|rq|pq --bitpack=true; both:
     --dtype=float32|float16, eodrec also int8 (stored precision of the table's weights; eodrec's default float16),
     --distill.KEY=V (kd_weight, cl_weight, pred_weight, bidirectional, teacher_lr, ...) and --train.KEY=V.
+    tt is odrec with t=1; the baselines dense-small, kmeans, int8 and int4 run too (see
+    pocketrec.methods.registry for each method's config class).
     """
-    import importlib
-
     from pocketrec.eval.metrics import format_metrics
+    from pocketrec.methods.registry import METHODS
     from pocketrec.search.budget import format_bytes
     from pocketrec.train.checkpoint import read_meta
     from pocketrec.train.compat import dataset_of, load_dataset_of
     from pocketrec.train.trainer import check_run_folder
 
-    methods = ("odrec", "eodrec")
     try:
-        if method not in methods:
-            raise ValueError(f"--method must be one of {', '.join(methods)}, got {method!r}")
-        from pocketrec.config import load_config
-
-        recipe = importlib.import_module(f"pocketrec.methods.{method}")
-        config_cls = {"odrec": "ODRecConfig", "eodrec": "EODRecConfig"}[method]
+        if method not in METHODS:
+            raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        recipe = METHODS[method]
 
         teacher_meta = read_meta(teacher)
         name = dataset_of(teacher_meta, dataset, what=f"teacher {teacher}")
         given = [f"teacher={teacher}", f"dataset={name}", *([f"budget={budget}"] if budget else [])]
-        cfg = load_config(getattr(recipe, config_cls), config, [*ctx.args, *given])
+        cfg = recipe.load_config(config, [*ctx.args, *given])
         cfg.out = str(out or cfg.out or Path("runs") / f"{method}-{Path(str(name)).stem}-"
                                                        f"{cfg.budget.replace('%', 'pct')}")
         check_run_folder(cfg.out, overwrite=overwrite)
-        if quiet:
+        if quiet and hasattr(cfg, "train"):
             cfg.train.progress = False
         data = load_dataset_of(teacher_meta, dataset, what=f"teacher {teacher}")
-        console.print(f"{data.name}: {data.num_items:,} items; teacher {teacher}; budget {cfg.budget}")
-        student, result = recipe.compress_from_config(cfg, data)
+        console.print(f"{data.name}: {data.num_items:,} items; teacher {teacher}; "
+                      f"budget {'fixed' if recipe.fixed_size else cfg.budget}")
+        student, result = recipe.compress(cfg, data)
     except user_errors() as err:
         fail(str(err))
     console.print(f"student table {student.table.describe()}")
     console.print(f"{format_bytes(result.table_bytes)} vs dense {format_bytes(result.dense_table_bytes)} "
                   f"({result.ratio:.1f}x smaller)")
-    console.print(f"best epoch {result.fit.best_epoch + 1}; test {format_metrics(result.test)}")
+    trained = f"best epoch {result.fit.best_epoch + 1}" if result.fit is not None else "no training (post-hoc)"
+    console.print(f"{trained}; test {format_metrics(result.test)}")
     console.print(f"checkpoint: {Path(cfg.out) / 'best'}")

@@ -13,7 +13,8 @@ pocketrec asks of it, and nothing else:
 * ``checkpoint_meta()`` / ``from_checkpoint(config, table, meta)``: what a checkpoint needs beyond the
   state dict and the table to rebuild it (e.g. the number of users);
 * ``device_query``: the kind of query encoder a device runs (``"session-encoder"``, ``"user-vectors"``),
-  and ``device_tensors()``: the arrays outside the item table that the device artifact stores for it.
+  ``device_table()``: the item table a device ranks with, and ``device_tensors(users)``: the arrays outside
+  the item table that the device artifact stores for it.
 
 Backbones are registered by name in :data:`BACKBONES` as ``"module:Class"`` strings and imported on first
 use, so loading a checkpoint imports only the backbone it needs. A new backbone is its own module plus
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -35,6 +36,7 @@ from pocketrec.tables.base import ItemTable
 #: backbone name -> ``"module:Class"`` of its :class:`Recommender`.
 BACKBONES: dict[str, str] = {
     "session": "pocketrec.models.session_encoder:SessionRecommender",
+    "lightgcn": "pocketrec.backbones.lightgcn:LightGCN",
 }
 #: The backbone of checkpoints and artifacts written before backbones had names.
 DEFAULT_BACKBONE = "session"
@@ -58,6 +60,8 @@ class Recommender(nn.Module, ABC):
     selection_metric: ClassVar[str] = ""
     #: the dataclass of ``config``
     config_class: ClassVar[type]
+    #: ``TrainConfig`` values this backbone trains with unless told otherwise (e.g. LightGCN's batch 2048)
+    train_defaults: ClassVar[dict[str, Any]] = {}
     config: Any
     table: ItemTable
 
@@ -97,6 +101,12 @@ class Recommender(nn.Module, ABC):
                  desc: str = "eval") -> dict[str, float]:
         """Full-ranking metrics of ``split`` (``"valid"`` or ``"test"``) of ``dataset``."""
 
+    def device_table(self) -> ItemTable:
+        """The item table a device stores and ranks with (the model's own, unless the backbone transforms
+        it, as LightGCN's propagation does)."""
+        return self.table
+
     @abstractmethod
-    def device_tensors(self) -> dict[str, np.ndarray]:
-        """The arrays outside the item table that a device needs, float32, named as the artifact stores them."""
+    def device_tensors(self, users: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        """The arrays outside the item table that a device needs, named as the artifact stores them;
+        ``users`` (internal ids) for a backbone whose device query is its user's vector."""

@@ -8,18 +8,23 @@ or absolute, ``"200KB"``):
    distillation), ``eodrec`` (codebooks), and the baselines of :mod:`pocketrec.bench.baselines`:
    ``dense-small`` (smaller d from scratch), ``kmeans`` (post-hoc residual k-means codebooks), and
    ``int8`` / ``int4`` (post-hoc row quantisation; their size is fixed, so they get one row each, budget
-   ``fixed``). A method whose smallest table is above a budget gets a row with the reason in ``note``;
-   one that fails for another reason stops the bench (no silent gaps);
+   ``fixed``). The names, configs and runners are those of :mod:`pocketrec.methods.registry`; each method
+   runs with its registered defaults, the bench's settings (:func:`method_config`) and its
+   ``method_options``. A method whose smallest table is above a budget gets a row with the reason in
+   ``note``; one that fails for another reason stops the bench (no silent gaps);
 3. each model is exported as a device artifact (``OUT/artifacts``) and timed in the numpy runtime, one
    thread, one recommendation (whole catalogue, top 20) at a time;
 4. rows go to ``OUT/results.json`` and ``OUT/results.md``; :mod:`pocketrec.bench.report` draws the plots.
 
-Every model lives in ``OUT/METHOD-BUDGET/best``; a second run reuses a finished one (same dataset and
-vocabulary, table within the budget) instead of training it again, so interrupted benches resume.
+Every model lives in ``OUT/METHOD-BUDGET/best`` (``OUT/METHOD-BUDGET-oHASH/best`` when the method has
+``method_options``, so that other options never reuse it); a second run reuses a finished one (same dataset
+and vocabulary, table within the budget) instead of training it again, so interrupted benches resume.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import os
 import time
@@ -30,44 +35,84 @@ from typing import Any
 
 import numpy as np
 
-from pocketrec.bench.baselines import POST_HOC, post_hoc_model, train_dense_small
+from pocketrec.config import ConfigError, load_config
 from pocketrec.data.dataset import Dataset
+from pocketrec.methods import registry
 from pocketrec.search.budget import format_bytes, parse_budget
 from pocketrec.tables.dense import DenseTable
-from pocketrec.train.checkpoint import load_checkpoint, read_meta
+from pocketrec.train.checkpoint import read_meta
 from pocketrec.train.distill import DistillConfig
 from pocketrec.train.teacher import TeacherConfig, train_teacher
 from pocketrec.train.trainer import TrainConfig
 
-METHODS = ("odrec", "tt", "eodrec", "dense-small", "kmeans", "int8", "int4")
-FIXED_SIZE = ("int8", "int4")
+#: the methods of :mod:`pocketrec.methods.registry` (all of them run by default)
+METHODS = registry.method_names()
+#: those whose size is fixed (no budget): one row each
+FIXED_SIZE = tuple(m for m in METHODS if registry.get_method(m).fixed_size)
+#: method config keys the bench sets itself (``method_options`` may not)
+BENCH_KEYS = ("teacher", "dataset", "budget", "out")
 
 
 @dataclass
 class BenchConfig:
     """Everything ``pocketrec bench`` reads (overridable as ``--key=value``).
 
-    ``student`` is the schedule of the distilled students (odrec, tt, eodrec); ``dense-small`` is trained
-    with the teacher's schedule (``teacher.train``), as a from-scratch model needs it.
+    ``methods`` are names of :mod:`pocketrec.methods.registry`. ``student`` is the schedule of the distilled
+    students (odrec, tt, eodrec); ``dense-small`` is trained with the teacher's schedule (``teacher.train``),
+    as a from-scratch model needs it; ``odrec_distill`` is the loss of odrec and tt, ``eodrec_code_epochs``
+    eodrec's code learning.
+
+    ``method_options`` passes a method's own config keys (those of ``pocketrec compress --method M``), as
+    ``METHOD.KEY=VALUE`` entries applied after the settings above, e.g.
+    ``--method_options=eodrec.dtype=int8,eodrec.max_codebooks=64,odrec.distill.kd_weight=0.5`` on the command
+    line, or in YAML ``method_options: [eodrec.dtype=int8, tt.train.epochs=5]``. ``teacher``, ``dataset``,
+    ``budget`` and ``out`` are the bench's own; options of a method not in ``methods`` are checked but unused.
     """
 
     dataset: str = "ml-100k"
     out: str = ""
     budgets: list[str] = field(default_factory=lambda: ["3%", "10%"])
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(registry.method_names()))
     teacher_checkpoint: str = ""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, patience=3))
     odrec_distill: DistillConfig = field(default_factory=DistillConfig)
     eodrec_code_epochs: int = 10
     latency_repeats: int = 30
+    method_options: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.methods) - set(METHODS))
+        unknown = [m for m in self.methods if m not in registry.METHODS]
         if unknown:
-            raise ValueError(f"unknown methods {unknown} (known: {', '.join(METHODS)})")
+            raise registry.unknown_method_error(unknown)
         if not self.budgets:
             raise ValueError("give at least one budget (e.g. budgets=3%,10%)")
+        by_method: dict[str, list[str]] = {}
+        for entry in self.method_options:
+            method, option = split_method_option(entry)
+            by_method.setdefault(method, []).append(option)
+        for method, options in by_method.items():  # a bad key or value is refused now, not after the teacher
+            try:
+                registry.get_method(method).load_config(None, options)
+            except ValueError as err:
+                raise ConfigError(f"method_options: {method}: {err}") from None
+
+    def options_for(self, method: str) -> list[str]:
+        """``method``'s ``KEY=VALUE`` overrides from ``method_options``, in order."""
+        return [option for m, option in map(split_method_option, self.method_options) if m == method]
+
+
+def split_method_option(entry: str) -> tuple[str, str]:
+    """``("eodrec", "dtype=int8")`` of ``"eodrec.dtype=int8"``; ``ConfigError`` for anything else."""
+    key, sep, value = entry.partition("=")
+    method, dot, option = key.strip().partition(".")
+    if not sep or not dot or not option:
+        raise ConfigError(f"method_options: {entry!r} is not METHOD.KEY=VALUE (e.g. eodrec.dtype=int8)")
+    if method not in registry.METHODS:
+        raise ConfigError(f"method_options: {registry.unknown_method_error(method)}")
+    if option.replace("-", "_") in BENCH_KEYS:
+        raise ConfigError(f"method_options: {entry!r}: the bench sets {option} itself")
+    return method, f"{option}={value}"
 
 
 def budget_tag(budget: str) -> str:
@@ -115,27 +160,39 @@ def numpy_latency_ms(artifact: Path, history: list[int], repeats: int) -> float:
     return float(np.median(times))
 
 
+def method_config(method: str, budget_bytes: int | None, teacher_dir: Path, data: Dataset, cfg: BenchConfig,
+                  run_dir: Path) -> Any:
+    """``method``'s config for one bench job: its registered defaults; the bench's teacher, budget, run folder
+    and schedule (``student``, or ``teacher.train`` for a from-scratch method; ``student.seed`` for a post-hoc
+    one), ``odrec_distill`` (odrec, tt) and ``eodrec_code_epochs`` (eodrec); then ``method_options``."""
+    spec = registry.get_method(method)
+    mcfg = spec.load_config()
+    mcfg.teacher, mcfg.dataset, mcfg.out = str(teacher_dir), data.name, str(run_dir)
+    if budget_bytes is not None:
+        mcfg.budget = str(budget_bytes)
+    if hasattr(mcfg, "train"):
+        mcfg.train = copy.deepcopy(cfg.teacher.train if spec.kind == "scratch" else cfg.student)
+    if hasattr(mcfg, "seed"):
+        mcfg.seed = cfg.student.seed
+    if method in ("odrec", "tt"):
+        mcfg.distill = copy.deepcopy(cfg.odrec_distill)
+    elif method == "eodrec":
+        mcfg.code_epochs = cfg.eodrec_code_epochs
+    return load_config(type(mcfg), None, cfg.options_for(method), base=mcfg)
+
+
 def build_one(method: str, budget: str | None, budget_bytes: int | None, teacher_dir: Path, data: Dataset,
               cfg: BenchConfig, run_dir: Path) -> None:
-    """Train or build ``method`` at ``budget`` into ``run_dir/best``."""
-    from pocketrec.methods.eodrec import compress_eodrec
-    from pocketrec.methods.odrec import compress_odrec
+    """Train or build ``method`` at ``budget`` into ``run_dir/best`` (through the method registry)."""
+    spec = registry.get_method(method)
+    spec.compress(method_config(method, budget_bytes, teacher_dir, data, cfg, run_dir), data)
 
-    student = cfg.student
-    if method in ("odrec", "tt"):
-        compress_odrec(teacher_dir, data, budget_bytes, t=2 if method == "odrec" else 1, out_dir=run_dir,
-                       distill=cfg.odrec_distill, train=student)
-    elif method == "eodrec":
-        compress_eodrec(teacher_dir, data, budget_bytes, code_epochs=cfg.eodrec_code_epochs, out_dir=run_dir,
-                        train=student)
-    elif method == "dense-small":
-        teacher, _ = load_checkpoint(teacher_dir)
-        train_dense_small(teacher, data, budget_bytes, cfg.teacher.train, run_dir)
-    elif method in POST_HOC:
-        teacher, _ = load_checkpoint(teacher_dir)
-        post_hoc_model(method, teacher, data, budget_bytes, run_dir, seed=student.seed)
-    else:  # pragma: no cover - BenchConfig validates the names
-        raise ValueError(method)
+
+def options_tag(options: list[str]) -> str:
+    """``""`` without options, else ``-o`` and 8 hex digits of them: a run folder of its own."""
+    if not options:
+        return ""
+    return "-o" + hashlib.sha1("\n".join(options).encode()).hexdigest()[:8]
 
 
 def run_bench(cfg: BenchConfig, data: Dataset, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
@@ -151,14 +208,17 @@ def run_bench(cfg: BenchConfig, data: Dataset, log: Callable[[str], None] = prin
     history = [int(i) for i in data.test.sequences[0][:-1]]
     jobs: list[tuple[str, str, int | None, Path]] = [("teacher", "-", None, teacher_dir.parent)]
     for method in cfg.methods:
-        if method in FIXED_SIZE:
-            jobs.append((method, "fixed", None, out / method))
+        tag = options_tag(cfg.options_for(method))
+        if registry.get_method(method).fixed_size:
+            jobs.append((method, "fixed", None, out / f"{method}{tag}"))
         else:
-            jobs += [(method, budget, size, out / f"{method}-{budget_tag(budget)}") for budget, size in budgets]
+            jobs += [(method, budget, size, out / f"{method}-{budget_tag(budget)}{tag}") for budget, size in budgets]
 
     rows: list[dict[str, Any]] = []
     for method, budget, size, run_dir in jobs:
         row: dict[str, Any] = {"dataset": data.name, "method": method, "budget": budget, "budget_bytes": size}
+        if method != "teacher" and cfg.options_for(method):
+            row["options"] = cfg.options_for(method)
         started = time.perf_counter()
         if method != "teacher" and not _reusable(run_dir, data, size):
             log(f"{method} @ {budget}: building")

@@ -103,6 +103,11 @@ class InteractionDataset:
         return len(self.users)
 
     @property
+    def vocab(self) -> Vocabulary:
+        """The item vocabulary (the name every dataset type gives it: checkpoints record its fingerprint)."""
+        return self.items
+
+    @property
     def num_items(self) -> int:
         return len(self.items)
 

@@ -35,13 +35,21 @@ import dataclasses
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pocketrec.device.runtime import FORMAT, VERSION, RawIds, artifact_checksum, non_finite, non_finite_message
+from pocketrec.device.runtime import (
+    FORMAT,
+    USER_QUERY,
+    VERSION,
+    RawIds,
+    artifact_checksum,
+    non_finite,
+    non_finite_message,
+)
 from pocketrec.device.signing import sign
 
 
@@ -100,14 +108,16 @@ def write_atomically(path: Path, write: Callable[[str], None]) -> ExportedFile:
     return written
 
 
-def build_artifact(model: Any, vocab: list[str] | None = None, fp16: bool = False,
-                   dataset: str = "") -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """The tensors and manifest of the artifact of ``model`` (a :class:`SessionRecommender`).
+def build_artifact(model: Any, vocab: list[str] | None = None, fp16: bool = False, dataset: str = "",
+                   users: Sequence[tuple[str, int]] | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The tensors and manifest of the artifact of ``model`` (a :class:`~pocketrec.backbones.base.Recommender`).
 
-    Raises ``ValueError`` for a vocabulary of the wrong length or with a duplicate id, and for NaN/inf
-    weights (or weights that overflow float16 with ``fp16``).
+    ``users`` (raw id, internal id) pairs: the users a collaborative-filtering artifact serves (their
+    vectors and the items each has; the model must be attached to its data). Raises ``ValueError`` for a
+    vocabulary of the wrong length or with a duplicate id, and for NaN/inf weights (or weights that
+    overflow float16 with ``fp16``).
     """
-    table = model.table
+    table = model.device_table()
     vocab = [str(v) for v in vocab] if vocab is not None else [str(i) for i in range(1, table.num_items + 1)]
     if len(vocab) != table.num_items:
         raise ValueError(f"vocabulary has {len(vocab)} ids but the item table has {table.num_items} items")
@@ -118,7 +128,7 @@ def build_artifact(model: Any, vocab: list[str] | None = None, fp16: bool = Fals
     description = dict(description)
     # the table first: a non-finite weight there is named before what was computed from it (norms)
     tensors = {f"table/{name}": np.ascontiguousarray(arr) for name, arr in arrays.items()}
-    tensors.update(model.device_tensors())
+    tensors.update(model.device_tensors([i for _, i in users]) if users is not None else model.device_tensors())
     vocab_value, vocab_ids = RawIds.encode(vocab)
     if vocab_ids is not None:
         tensors[RawIds.TENSOR] = vocab_ids
@@ -136,6 +146,8 @@ def build_artifact(model: Any, vocab: list[str] | None = None, fp16: bool = Fals
         "version": str(VERSION),
         "table": json.dumps(description),
         "backbone": model.backbone,
+        "device_query": model.device_query,
+        **({"users": json.dumps([str(raw) for raw, _ in users])} if users is not None else {}),
         "encoder": json.dumps(dataclasses.asdict(model.config)),
         "num_items": str(table.num_items),
         "vocab": vocab_value,
@@ -148,7 +160,8 @@ def build_artifact(model: Any, vocab: list[str] | None = None, fp16: bool = Fals
 
 def export_artifact(checkpoint_or_model: Any, path: str | Path, fp16: bool = False,
                     vocab: list[str] | None = None, dataset: str | None = None,
-                    key: bytes | None = None) -> ExportedFile:
+                    key: bytes | None = None, users: Sequence[str] | None = None, data: Any = None
+                    ) -> ExportedFile:
     """Write the device artifact of a checkpoint folder (or a model) to ``path``; returns ``path`` (with
     ``nbytes``, the size written).
 
@@ -156,27 +169,58 @@ def export_artifact(checkpoint_or_model: Any, path: str | Path, fp16: bool = Fal
     ``vocab`` (raw ids of items ``1..n``), or the raw ids are the internal ids ``"1".."n"``. With ``key``
     (bytes, not empty) the manifest also holds the checksum's ``signature``. Refused (``ValueError``, nothing
     written): see the module docstring.
+
+    A collaborative-filtering model (LightGCN) ranks for given users: ``users`` are their raw ids (at least
+    one; ``["all"]`` for every user) and ``data`` its :class:`~pocketrec.data.interactions.InteractionDataset`
+    (loaded from the checkpoint's record when not given): the propagated vectors need the training graph.
     """
     from safetensors.numpy import save_file
 
     path = check_target(path)
     if key is not None and not key:
         raise ValueError("the signing key is empty")
-    model, vocab, dataset = resolve_model(checkpoint_or_model, vocab, dataset)
-    tensors, manifest = build_artifact(model, vocab, fp16, dataset or "")
+    model, vocab, dataset, meta = resolve_model(checkpoint_or_model, vocab, dataset)
+    chosen = None
+    if model.device_query == USER_QUERY:
+        chosen = _chosen_users(model, meta, users, data)
+    elif users:
+        raise ValueError("a session model's artifact serves any user: it takes no users")
+    tensors, manifest = build_artifact(model, vocab, fp16, dataset or "", chosen)
     if key is not None:
         manifest["signature"] = sign(manifest["checksum"], key)
     return write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=manifest))
 
 
 def resolve_model(checkpoint_or_model: Any, vocab: list[str] | None, dataset: str | None
-                  ) -> tuple[Any, list[str] | None, str | None]:
-    """A model with its vocabulary and dataset name, from a checkpoint folder or a model as given."""
+                  ) -> tuple[Any, list[str] | None, str | None, dict[str, Any]]:
+    """A model with its vocabulary, dataset name and checkpoint meta (``{}`` for a model as given), from a
+    checkpoint folder or a model."""
     if not isinstance(checkpoint_or_model, (str, Path)):
-        return checkpoint_or_model, vocab, dataset
+        return checkpoint_or_model, vocab, dataset, {}
     from pocketrec.train.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint_or_model)
     vocab = vocab if vocab is not None else meta.get("vocab")
     dataset = dataset if dataset is not None else str(meta.get("dataset", ""))
-    return model, vocab, dataset
+    return model, vocab, dataset, meta
+
+
+def _chosen_users(model: Any, meta: dict[str, Any], users: Sequence[str] | None, data: Any
+                  ) -> list[tuple[str, int]]:
+    """(raw, internal) ids of the users a collaborative-filtering artifact is for; attaches ``data``."""
+    if not users:
+        raise ValueError("a LightGCN artifact is for the device of given users: pass --user U (several: "
+                         "U1,U2; every user: all)")
+    if data is None:
+        if not meta:
+            raise ValueError("exporting a collaborative-filtering model needs its data (data=...)")
+        from pocketrec.train.compat import load_dataset_of
+
+        data = load_dataset_of(meta, None, what="the checkpoint")
+    model.attach(data)
+    if list(users) == ["all"]:
+        return [(raw, i) for i, raw in enumerate(data.users.raw_ids, start=1)]
+    unknown = [str(u) for u in users if data.users.get(u) is None]
+    if unknown:
+        raise ValueError(f"user {unknown[0]!r} is not a user of {data.name} ({data.num_users:,} users)")
+    return [(str(u), data.users.encode(u)) for u in dict.fromkeys(str(u) for u in users)]

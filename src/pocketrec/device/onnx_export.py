@@ -4,111 +4,81 @@ Graph: input ``item_ids`` int64 ``(1, L)`` (internal ids, right-padded with 0 or
 ``1 <= L <= max_len``); outputs ``scores`` float32 ``(1, k)`` and ``item_indices`` int64 ``(1, k)``
 (internal ids, best first; map back with the ``vocab`` metadata, internal id ``i`` is ``vocab[i-1]``).
 The manifest of the safetensors artifact (format, version, table description, encoder config, num_items,
-vocab) is stored in the model's ``metadata_props`` (with ``format`` = ``pocketrec-device-onnx``).
+vocab as compact JSON) is stored in the model's ``metadata_props`` (with ``format`` = ``pocketrec-device-onnx``).
 
-The graph uses flat lookups only (``Gather`` from ``F.embedding`` / ``index_select``):
+How the graph is made. torch exports the session encoder alone (inputs ``item_ids`` and their item vectors,
+output the query ``(1, dim)``; constant folding on, it only touches encoder weights). The item table's part
+is written with the ``onnx`` package from the artifact's ``table/`` arrays (:meth:`ItemTable.export`) and
+spliced around it: ``item_ids -> item vectors`` before the encoder, ``query -> scores of items 1..n`` after
+it, then (cosine models) a division by the stored norms (``(num_items,)`` float32), ``TopK`` and ``+1`` on the
+indices. Every table array is one initializer at its stored type, the artifact's bytes, decoded by nodes
+that run in the graph (nothing is pre-computed into a larger initializer), so the file is the artifact's
+size plus the graph's structure (and the vocabulary as JSON rather than an int32 tensor):
 
-* dense: the rows are an initializer; scores are one ``MatMul``;
-* tt: the graph holds the cores and rebuilds all rows (one STP chain over the whole catalogue) then
-  scores with a ``MatMul``; the cores are what is stored, not the rows;
-* quantized: int8 values (int4 unpacked to int8) and float32 scales, dequantised in the graph;
-* codebook: codebooks plus codes (uint8 for K <= 256, else int32; bit-packed codes are stored unpacked
-  since ONNX has no bit type), scores through the per-codebook lookup tables, ``M`` gathers and a sum.
+* dense: the rows, float32 or float16 (``Cast`` in the graph); scores are one ``Gemm`` with ``transB``
+  (no transposed copy of the table);
+* tt: the cores at their stored dtype (and an ordered table's ``slots``); each run rebuilds all rows
+  with one STP chain over the whole catalogue (``MatMul``/``Reshape``/``Transpose``, as the numpy
+  runtime's blocks), then ``Gather`` and ``Gemm``;
+* quantized: int8 values, or int4 packed two per byte (uint8, unpacked with int32 ``Div``/``Mod``), and the
+  float32 scales, dequantised in the graph;
+* codebook: the codebooks (float32, float16, or int8 with their float32 scales) and the codes as stored:
+  uint8/uint16 ``(n, M)`` or the bit-packed uint8 stream, unpacked in the graph (:func:`unpack_codes`),
+  then cast to int32 gather indices; scores are one lookup table ``(1, M*K)`` (``Gemm``), one ``Gather``
+  by the codes and a ``ReduceSum``.
 
-In cosine mode the item norms are a ``(num_items + 1,)`` float32 initializer.
+One builder class per table kind, registered by kind name in :data:`ONNX_TABLES`
+(:func:`register_onnx_table`), as the numpy runtime's scorers are (:mod:`pocketrec.device.np_tables`).
+onnxruntime may constant-fold the decoding when it loads a session (it then holds the decoded tables in
+memory); what the file stores is the table as the artifact stores it.
 
 Refused like the safetensors artifact (``ValueError``, nothing written): NaN/inf weights, a duplicate id,
-a target that is a directory or inside a checkpoint folder; also a missing ``onnx`` extra (``onnx`` and
-``onnxscript``, which the export needs). ONNX files carry no checksum nor signature.
+a target that is a directory or inside a checkpoint folder, an item-table kind without an ONNX builder,
+an ``opset`` below 14; also a missing ``onnx`` extra (``onnx`` and ``onnxscript``, which the export
+needs). ONNX files carry no checksum nor signature.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import math
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pocketrec.device.artifact import ExportedFile, build_artifact, check_target, resolve_model, write_atomically
-from pocketrec.device.runtime import ONNX_FORMAT, OnnxModel  # noqa: F401  (OnnxModel re-exported)
+from pocketrec.device.runtime import NORMS, ONNX_FORMAT, OnnxModel  # noqa: F401  (OnnxModel re-exported)
 from pocketrec.models.session_encoder import last_positions
 
+#: Lowest opset the export supports: the encoder's attention needs 14 (the table's part needs 13, where
+#: ``ReduceSum``/``Unsqueeze`` take their axes as inputs).
+MIN_OPSET = 14
 
-class _OnnxRecommender(nn.Module):
-    """Encoder of a :class:`SessionRecommender` plus an export-friendly copy of its item table."""
 
-    def __init__(self, model: Any, k: int) -> None:
+class _OnnxEncoder(nn.Module):
+    """The session encoder of a :class:`SessionRecommender`: ``(item_ids, rows) -> query (1, dim)``.
+
+    ``rows`` are the item vectors of ``item_ids`` from the table's part of the graph; the vector of id 0
+    (padding) may be anything, it is masked here as the model's table does.
+    """
+
+    def __init__(self, model: Any) -> None:
         super().__init__()
         self.config = model.config
-        self.kind = model.table.kind
-        self.k = int(k)
         self.positions = model.positions
         self.input_norm = model.input_norm
         self.layers = model.layers
         self.readout = model.readout
-        table = model.table
-        self.num_rows = table.num_rows
-        if self.kind == "dense":
-            self.weight = nn.Parameter(table.weight.detach().clone(), requires_grad=False)
-        elif self.kind == "tt":
-            self.tt = table
-        elif self.kind == "quantized":  # int4 is stored unpacked as int8 (ONNX has no 4-bit type at opset 17)
-            self.register_buffer("values", table.values.detach().clone())
-            self.register_buffer("scales", table.scales.detach().clone())
-        elif self.kind == "codebook":
-            self.M, self.K = table.M, table.K
-            codes = table.codes.detach().clone()
-            codes = codes.to(torch.uint8) if table.K <= 256 else codes.to(torch.int32)
-            self.register_buffer("codes_t", codes.t().contiguous())  # (M, n + 1); column 0 unused
-            self.books = nn.Parameter(table.stored_codebooks().detach().clone(), requires_grad=False)
-        else:
-            raise ValueError(f"ONNX export does not support item-table kind {self.kind!r}")
-        if self.config.normalize:
-            with torch.no_grad():
-                norms = model.item_norms().detach().clone()
-            self.register_buffer("norms", norms)
-        pad = torch.zeros(self.num_rows, dtype=torch.bool)
-        pad[0] = True
-        self.register_buffer("pad", pad)
 
-    def _codebook_rows(self, ids: Tensor) -> Tensor:
-        flat = ids.reshape(-1)
-        out = None
-        for m in range(self.M):
-            codes = self.codes_t[m].index_select(0, flat).long()
-            part = F.embedding(codes, self.books[m])
-            out = part if out is None else out + part
-        return out.reshape(*ids.shape, -1)
-
-    def _rows_and_weight(self, ids: Tensor) -> tuple[Tensor, Tensor | None]:
-        if self.kind == "dense":
-            return F.embedding(ids, self.weight), self.weight
-        if self.kind == "tt":
-            weight = self.tt.full_weight()
-            return F.embedding(ids, weight), weight
-        if self.kind == "quantized":
-            weight = self.values.to(torch.float32) * self.scales.unsqueeze(1)
-            return F.embedding(ids, weight), weight
-        return self._codebook_rows(ids), None
-
-    def _scores(self, q: Tensor, weight: Tensor | None) -> Tensor:
-        if weight is not None:
-            return q @ weight.t()
-        lut = torch.einsum("bd,mkd->bmk", q, self.books)  # (1, M, K)
-        scores = None
-        for m in range(self.M):
-            part = lut[:, m].index_select(1, self.codes_t[m].long())
-            scores = part if scores is None else scores + part
-        return scores
-
-    def forward(self, item_ids: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, item_ids: Tensor, rows: Tensor) -> Tensor:
         mask = item_ids != 0
-        rows, weight = self._rows_and_weight(item_ids)
         rows = rows * mask.unsqueeze(-1).to(rows.dtype)
         length = item_ids.shape[1]
         h = self.input_norm(rows + self.positions.weight[:length].unsqueeze(0))
@@ -117,13 +87,302 @@ class _OnnxRecommender(nn.Module):
         z = self.readout.pool(h, mask, rows) if self.readout is not None else last_positions(h, mask)
         if self.config.normalize:
             z = F.normalize(z, dim=-1) * self.config.scale
-        scores = self._scores(z, weight)
-        if self.config.normalize:
-            scores = scores / self.norms.unsqueeze(0)
-        scores = torch.where(self.pad.unsqueeze(0), torch.full_like(scores, torch.finfo(scores.dtype).min), scores)
-        values, indices = torch.topk(scores, self.k, dim=1)
-        return values, indices
+        return z
 
+
+# --------------------------------------------------------------------------------------------------
+# Writing graph nodes
+# --------------------------------------------------------------------------------------------------
+
+class OnnxGraph:
+    """Nodes and initializers of the table's part of the graph (made with ``onnx.helper``).
+
+    :meth:`op` adds one node and returns its output's name; :meth:`initializer` stores an array as it is
+    (its dtype kept); :meth:`const` stores a small constant (shapes, axes, offsets). Every name starts with
+    ``prefix``, so nothing collides with the names torch gives the encoder's values.
+    """
+
+    def __init__(self, prefix: str = "pocketrec/") -> None:
+        import onnx
+
+        self.onnx = onnx
+        self.prefix = prefix
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+        self._count = 0
+
+    def fresh(self, base: str) -> str:
+        self._count += 1
+        return f"{self.prefix}{base}_{self._count}"
+
+    def initializer(self, name: str, array: np.ndarray) -> str:
+        """Store ``array`` at its own dtype under ``prefix + name``; returns the name."""
+        full = self.prefix + name
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), full))
+        return full
+
+    def const(self, values: Any, dtype: Any = np.int64) -> str:
+        """A small constant (an anonymous initializer)."""
+        name = self.fresh("const")
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
+        return name
+
+    def op(self, op_type: str, *inputs: str, outputs: Sequence[str] | None = None, **attrs: Any) -> str:
+        """Add a node; returns its (first) output's name (fresh unless ``outputs`` names them)."""
+        names = list(outputs) if outputs is not None else [self.fresh(op_type)]
+        self.nodes.append(self.onnx.helper.make_node(op_type, list(inputs), names, name=self.fresh(op_type),
+                                                     **attrs))
+        return names[0]
+
+    # ---- shorthands -------------------------------------------------------------------------------
+    def cast(self, x: str, dtype: Any) -> str:
+        return self.op("Cast", x, to=self.onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+
+    def as_float(self, x: str, stored: np.dtype) -> str:
+        """``x`` (stored as ``stored``) as float32: a ``Cast`` unless it already is."""
+        return x if np.dtype(stored) == np.float32 else self.cast(x, np.float32)
+
+    def reshape(self, x: str, shape: Sequence[int]) -> str:
+        return self.op("Reshape", x, self.const(list(shape)))
+
+    def slice(self, x: str, start: int, stop: int, axis: int) -> str:
+        return self.op("Slice", x, self.const([start]), self.const([stop]), self.const([axis]))
+
+    def unsqueeze(self, x: str, axes: Sequence[int]) -> str:
+        return self.op("Unsqueeze", x, self.const(list(axes)))
+
+    def reduce_sum(self, x: str, axis: int) -> str:
+        return self.op("ReduceSum", x, self.const([axis]), keepdims=0)
+
+
+def unpack_codes(graph: OnnxGraph, packed: str, nbytes: int, bits: int, count: int) -> str:
+    """Nodes decoding ``count`` codes of ``bits`` bits (1..16) from the uint8 stream ``packed`` (``nbytes``
+    bytes, the :mod:`pocketrec.device.bitpack` layout: C order, most-significant bit first); returns the
+    name of the ``(count,)`` int32 codes.
+
+    Every ``8 / gcd(bits, 8)`` codes fill ``bits / gcd(bits, 8)`` whole bytes, so code ``j`` of each such
+    group always starts at the same byte and bit: the graph reads the 3-byte big-endian window at every
+    byte (24 bits hold any code of up to 16 bits at any bit offset), keeps the window at each code's start
+    byte (one ``Gather`` of a group's few start offsets) and shifts and masks it with ``Div``/``Mod`` by
+    per-position powers of two. Nothing of size ``count`` is stored.
+    """
+    if not 1 <= bits <= 16:
+        raise ValueError(f"bit-packed codes need 1..16 bits in the ONNX graph, got {bits}")
+    common = math.gcd(bits, 8)
+    per_group, group_bytes = 8 // common, bits // common
+    groups = -(-count // per_group)
+    length = groups * group_bytes
+    if not 0 < nbytes <= length:
+        raise ValueError(f"{count} codes of {bits} bits need {-(-count * bits // 8)} bytes, got {nbytes}")
+    x = graph.op("Concat", graph.cast(packed, np.int32), graph.const(np.zeros(length + 2 - nbytes), np.int32),
+                 axis=0)
+    window = graph.op("Add", graph.op("Mul", graph.slice(x, 0, length, 0), graph.const(1 << 16, np.int32)),
+                      graph.op("Mul", graph.slice(x, 1, length + 1, 0), graph.const(1 << 8, np.int32)))
+    window = graph.op("Add", window, graph.slice(x, 2, length + 2, 0))
+    starts = [j * bits // 8 for j in range(per_group)]
+    shifts = [1 << (24 - j * bits % 8 - bits) for j in range(per_group)]
+    at_start = graph.op("Gather", graph.reshape(window, (groups, group_bytes)), graph.const(starts), axis=1)
+    codes = graph.op("Mod", graph.op("Div", at_start, graph.const(shifts, np.int32)), graph.const(1 << bits, np.int32))
+    codes = graph.reshape(codes, (groups * per_group,))
+    return codes if groups * per_group == count else graph.slice(codes, 0, count, 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# One builder per table kind
+# --------------------------------------------------------------------------------------------------
+
+ONNX_TABLES: dict[str, type[OnnxTable]] = {}
+
+
+def register_onnx_table(kind: str) -> Callable[[type[OnnxTable]], type[OnnxTable]]:
+    """Class decorator: write tables of ``kind`` into ONNX graphs with this builder."""
+    def wrap(cls: type[OnnxTable]) -> type[OnnxTable]:
+        cls.kind = kind
+        ONNX_TABLES[kind] = cls
+        return cls
+    return wrap
+
+
+class OnnxTable:
+    """Base class of the table builders: made from the artifact's ``table/`` arrays (names without the
+    prefix) and the table description, stored into ``graph`` as they are; offers
+
+    * ``rows(ids)``: the ``(1, L, dim)`` float32 vectors of the int64 ``(1, L)`` ids (the vector of id 0 may
+      be anything: the encoder masks it);
+    * ``scores(query)``: the ``(1, num_items)`` float32 scores of items ``1..n`` for a ``(1, dim)`` query.
+
+    Both take and return value names; :meth:`rows` is called first, so nodes it makes (a decoded table)
+    can be reused by :meth:`scores`.
+    """
+
+    kind = ""
+
+    def __init__(self, graph: OnnxGraph, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> None:
+        self.graph = graph
+        self.arrays = arrays
+        self.description = description
+        self.num_items = int(description["num_items"])
+        self.dim = int(description["dim"])
+        self.num_rows = self.num_items + 1
+
+    def store(self, name: str) -> str:
+        """The table array ``name`` as an initializer (``table/<name>``, its stored dtype)."""
+        return self.graph.initializer(f"table/{name}", self.arrays[name])
+
+    def rows(self, ids: str) -> str:
+        raise NotImplementedError
+
+    def scores(self, query: str) -> str:
+        raise NotImplementedError
+
+
+class RowTable(OnnxTable):
+    """Tables that decode to a float32 ``(num_rows, dim)`` matrix (:meth:`matrix`), optionally times a
+    per-row scale (:meth:`row_scales`, ``(num_rows,)`` float32): rows are a ``Gather``, scores a ``Gemm``
+    with ``transB`` (then the scales), column 0 (padding) dropped."""
+
+    _matrix: str | None = None
+
+    def matrix(self) -> str:
+        raise NotImplementedError
+
+    def row_scales(self) -> str | None:
+        return None
+
+    def _decoded(self) -> str:
+        if self._matrix is None:
+            self._matrix = self.matrix()
+        return self._matrix
+
+    def rows(self, ids: str) -> str:
+        g = self.graph
+        rows = g.op("Gather", self._decoded(), ids, axis=0)
+        scales = self.row_scales()
+        return rows if scales is None else g.op("Mul", rows, g.unsqueeze(g.op("Gather", scales, ids, axis=0), [-1]))
+
+    def scores(self, query: str) -> str:
+        g = self.graph
+        scores = g.op("Gemm", query, self._decoded(), transB=1)  # (1, num_rows)
+        scales = self.row_scales()
+        if scales is not None:
+            scores = g.op("Mul", scores, scales)
+        return g.slice(scores, 1, self.num_rows, 1)
+
+
+@register_onnx_table("dense")
+class DenseOnnx(RowTable):
+    """The rows as stored (float32 or float16)."""
+
+    def matrix(self) -> str:
+        return self.graph.as_float(self.store("weight"), self.arrays["weight"].dtype)
+
+
+@register_onnx_table("quantized")
+class QuantizedOnnx(RowTable):
+    """int8 rows, or int4 rows packed two per byte (low nibble = even column, two's complement), times the
+    float32 per-row scales; the nibbles are split with int32 ``Div``/``Mod`` in the graph."""
+
+    _scales: str | None = None
+
+    def matrix(self) -> str:
+        g = self.graph
+        values = self.store("values")
+        if int(self.description.get("bits", 8)) == 8:
+            return g.cast(values, np.float32)
+        half = self.arrays["values"].shape[1]
+        packed = g.cast(values, np.int32)  # (num_rows, half), each byte two nibbles
+        sixteen = g.const(16, np.int32)
+        low, high = g.op("Mod", packed, sixteen), g.op("Div", packed, sixteen)
+        nibbles = g.op("Concat", g.unsqueeze(low, [2]), g.unsqueeze(high, [2]), axis=2)
+        nibbles = g.reshape(nibbles, (self.num_rows, 2 * half))
+        if 2 * half != self.dim:
+            nibbles = g.slice(nibbles, 0, self.dim, 1)
+        eight = g.const(8, np.int32)  # 0..15 -> -8..7: ((x + 8) mod 16) - 8
+        signed = g.op("Sub", g.op("Mod", g.op("Add", nibbles, eight), sixteen), eight)
+        return g.cast(signed, np.float32)
+
+    def row_scales(self) -> str:
+        if self._scales is None:
+            self._scales = self.graph.as_float(self.store("scales"), self.arrays["scales"].dtype)
+        return self._scales
+
+
+@register_onnx_table("tt")
+class TTOnnx(RowTable):
+    """The cores (``core_k``: ``(R_{k-1}/t_k, I_k, J_k/t_k, R_k)``) at their stored dtype; the graph rebuilds
+    every TT row with one STP chain, step by step as ``np_tables.TTScorer._step_all``, then keeps rows
+    ``0..num_items`` (or, ordered, gathers item ``i``'s row at ``slots[i]``)."""
+
+    def matrix(self) -> str:
+        g = self.graph
+        t = int(self.description["t"])
+        count = len(self.description["item_factors"])
+        names = [f"core_{c}" for c in range(count)]
+        cores = [g.as_float(self.store(n), self.arrays[n].dtype) for n in names]
+        shapes = [self.arrays[n].shape for n in names]
+        _, n, width, rank = shapes[0]
+        state = g.reshape(cores[0], (n, width, rank))
+        for core, (p, i_k, q, r_out) in zip(cores[1:], shapes[1:], strict=True):
+            s = g.op("Transpose", g.reshape(state, (n * width, p, t)), perm=[0, 2, 1])  # (n*width, t, p)
+            out = g.op("MatMul", g.reshape(s, (n * width * t, p)), g.reshape(core, (p, i_k * q * r_out)))
+            out = g.op("Transpose", g.reshape(out, (n, width, t, i_k, q, r_out)), perm=[0, 3, 1, 4, 2, 5])
+            n, width = n * i_k, width * q * t
+            state = g.reshape(out, (n, width, r_out))
+        weight = g.reshape(state, (n, self.dim))  # every TT index (slot)
+        if not self.description.get("ordered", False):
+            return g.slice(weight, 0, self.num_rows, 0)
+        slots = g.op("Concat", g.const([0]), g.cast(self.store("slots"), np.int64), axis=0)
+        return g.op("Gather", weight, slots, axis=0)
+
+
+@register_onnx_table("codebook")
+class CodebookOnnx(OnnxTable):
+    """Codebooks (float32, float16, or int8 times ``codebook_scales``) and codes of items ``1..n`` as
+    stored: uint8/uint16 ``(n, M)`` or a bit-packed stream (:func:`unpack_codes`). The codes become int32
+    indices ``code + m*K`` into the flattened ``(M*K, dim)`` codebooks and ``(1, M*K)`` lookup table."""
+
+    def __init__(self, graph: OnnxGraph, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> None:
+        super().__init__(graph, arrays, description)
+        g = graph
+        self.M, self.K = int(description["M"]), int(description["K"])
+        books = g.as_float(self.store("codebooks"), arrays["codebooks"].dtype)
+        if description.get("dtype") == "int8":
+            scales = g.as_float(self.store("codebook_scales"), arrays["codebook_scales"].dtype)
+            books = g.op("Mul", books, g.unsqueeze(scales, [2]))
+        self.books = g.reshape(books, (self.M * self.K, self.dim))
+        count = self.num_items * self.M
+        if description.get("bitpack"):
+            codes = unpack_codes(g, self.store("codes"), arrays["codes"].size, int(description["code_bits"]), count)
+        else:
+            codes = g.cast(self.store("codes"), np.int32)
+        codes = g.op("Transpose", g.reshape(codes, (self.num_items, self.M)), perm=[1, 0])
+        offsets = np.arange(self.M, dtype=np.int32).reshape(self.M, 1) * self.K
+        self.index = g.op("Add", codes, g.const(offsets, np.int32))  # (M, n)
+
+    def rows(self, ids: str) -> str:
+        g = self.graph
+        items = g.op("Max", g.op("Sub", ids, g.const(1)), g.const(0))  # id 0 reads item 1; masked later
+        books = g.op("Gather", self.books, g.op("Gather", self.index, items, axis=1), axis=0)  # (M, 1, L, dim)
+        return g.reduce_sum(books, 0)
+
+    def scores(self, query: str) -> str:
+        g = self.graph
+        lut = g.reshape(g.op("Gemm", query, self.books, transB=1), (self.M * self.K,))
+        return g.unsqueeze(g.reduce_sum(g.op("Gather", lut, self.index, axis=0), 0), [0])  # (M, n) -> (1, n)
+
+
+def make_onnx_table(graph: OnnxGraph, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> OnnxTable:
+    """The registered ONNX builder of ``description["kind"]`` (``ValueError`` for a kind without one)."""
+    kind = description.get("kind")
+    if kind not in ONNX_TABLES:
+        raise ValueError(f"ONNX export does not support item-table kind {kind!r} "
+                         f"(known: {', '.join(sorted(ONNX_TABLES))})")
+    return ONNX_TABLES[kind](graph, arrays, description)
+
+
+# --------------------------------------------------------------------------------------------------
+# The export
+# --------------------------------------------------------------------------------------------------
 
 #: What the ``onnx`` extra of pyproject.toml provides and the export needs (onnxruntime only runs the file).
 _EXPORT_NEEDS = ("onnx", "onnxscript")
@@ -142,41 +401,93 @@ def require_onnx() -> None:
             raise MissingExtraError("ONNX export needs the onnx extra: pip install 'pocketrec[onnx]'") from None
 
 
+def _table_graph(tensors: dict[str, np.ndarray], description: dict[str, Any], k: int
+                 ) -> tuple[OnnxGraph, str, int]:
+    """The table's part of the graph: ``(graph, rows name, number of nodes before the encoder)``.
+
+    The nodes before the split read ``item_ids``; those after read the encoder's ``query`` and end in the
+    outputs ``scores`` and ``item_indices``.
+    """
+    graph = OnnxGraph()
+    arrays = {name[len("table/"):]: arr for name, arr in tensors.items() if name.startswith("table/")}
+    table = make_onnx_table(graph, arrays, description)
+    rows = table.rows("item_ids")
+    split = len(graph.nodes)
+    scores = table.scores("query")
+    if NORMS in tensors:  # cosine scores: divided by the stored norms of items 1..n
+        norms = tensors[NORMS][1:].astype(np.float32)
+        scores = graph.op("Div", scores, graph.initializer("scoring/norms", norms))
+    positions = graph.fresh("positions")  # TopK's indices count from item 1: add 1 to get internal ids
+    graph.op("TopK", scores, graph.const([k]), axis=-1, largest=1, sorted=1, outputs=["scores", positions])
+    graph.op("Add", positions, graph.const(1), outputs=["item_indices"])
+    return graph, rows, split
+
+
+def _splice(proto: Any, graph: OnnxGraph, rows: str, split: int, k: int) -> None:
+    """Put the table's nodes around the encoder graph ``proto`` (torch's: ``item_ids``, ``rows`` -> ``query``)."""
+    import onnx
+
+    encoder = proto.graph
+    taken = {v for node in encoder.node for v in [*node.input, *node.output]} | {t.name for t in encoder.initializer}
+    clash = taken & ({t.name for t in graph.initializers} | {v for node in graph.nodes for v in node.output})
+    if clash:
+        raise RuntimeError(f"the encoder graph already uses the names {sorted(clash)[:5]}")
+    for node in encoder.node:
+        for i, name in enumerate(node.input):
+            if name == "rows":
+                node.input[i] = rows
+    nodes = [*graph.nodes[:split], *encoder.node, *graph.nodes[split:]]
+    inputs = [v for v in encoder.input if v.name != "rows"]
+    del encoder.node[:], encoder.input[:], encoder.output[:]
+    encoder.node.extend(nodes)
+    encoder.input.extend(inputs)
+    encoder.initializer.extend(graph.initializers)
+    encoder.output.extend([onnx.helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, [1, k]),
+                           onnx.helper.make_tensor_value_info("item_indices", onnx.TensorProto.INT64, [1, k])])
+
+
 def export_onnx(checkpoint_or_model: Any, path: str | Path, k: int = 100, vocab: list[str] | None = None,
                 dataset: str | None = None, opset: int = 17) -> ExportedFile:
     """Write the ONNX graph of a checkpoint folder (or a model) to ``path`` atomically; returns ``path`` (with
     ``nbytes``, the size written).
 
-    ``k`` (capped at ``num_items``) is the number of ranked items the graph returns.
+    ``k`` (capped at ``num_items``) is the number of ranked items the graph returns; ``opset`` must be at
+    least :data:`MIN_OPSET`.
     """
     path = check_target(path)
     require_onnx()
     import onnx
 
-    model, vocab, dataset = resolve_model(checkpoint_or_model, vocab, dataset)
+    if int(opset) < MIN_OPSET:
+        raise ValueError(f"ONNX export needs opset {MIN_OPSET} or later, got {opset}")
+    model, vocab, dataset, _ = resolve_model(checkpoint_or_model, vocab, dataset)
     model = model.eval()
-    _, manifest = build_artifact(model, vocab, False, dataset or "")
+    tensors, manifest = build_artifact(model, vocab, False, dataset or "")
     manifest = {key: value for key, value in manifest.items() if key not in ("checksum", "signature")}
     manifest["format"] = ONNX_FORMAT
     manifest["vocab"] = json.dumps([str(v) for v in vocab] if vocab is not None
-                                   else [str(i) for i in range(1, model.num_items + 1)])
+                                   else [str(i) for i in range(1, model.num_items + 1)], separators=(",", ":"))
     k = max(1, min(int(k), model.num_items))
     manifest["k"] = str(k)
-    wrapper = _OnnxRecommender(model, k).eval()
+    graph, rows, split = _table_graph(tensors, json.loads(manifest["table"]), k)
+    encoder = _OnnxEncoder(model).eval()
     length = min(model.config.max_len, 4)
-    example = torch.arange(1, length + 1, dtype=torch.long).clamp_max(model.num_items).view(1, -1)
+    example_ids = torch.arange(1, length + 1, dtype=torch.long).clamp_max(model.num_items).view(1, -1)
+    example_rows = torch.zeros(1, length, model.config.dim)
 
     def write(tmp: str) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is "legacy"
-            torch.onnx.export(wrapper, (example,), tmp, input_names=["item_ids"],
-                              output_names=["scores", "item_indices"],
-                              dynamic_axes={"item_ids": {1: "length"}}, opset_version=opset, dynamo=False)
+            torch.onnx.export(encoder, (example_ids, example_rows), tmp, input_names=["item_ids", "rows"],
+                              output_names=["query"], dynamic_axes={"item_ids": {1: "length"}, "rows": {1: "length"}},
+                              opset_version=int(opset), dynamo=False)
         proto = onnx.load(tmp)
+        _splice(proto, graph, rows, split, k)
         for key, value in manifest.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
+        onnx.checker.check_model(proto)
         onnx.save(proto, tmp)
 
     return write_atomically(path, write)

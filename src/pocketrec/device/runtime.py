@@ -37,11 +37,14 @@ import numpy as np
 
 from pocketrec.device.np_encoder import NumpyEncoder
 from pocketrec.device.np_tables import NumpyTable, make_scorer
+from pocketrec.device.np_users import UserVectors
 from pocketrec.device.signing import signature_matches
 
 FORMAT = "pocketrec-device"
 #: Tensor of the item-row norms in artifacts of cosine-scoring models.
 NORMS = "scoring/norms"
+#: The manifest's ``device_query``: what the device turns into a query vector.
+SESSION_QUERY, USER_QUERY = "session-encoder", "user-vectors"
 ONNX_FORMAT = "pocketrec-device-onnx"
 VERSION = 2
 _REQUIRED = ("format", "version", "table", "encoder", "num_items", "vocab", "checksum")
@@ -134,10 +137,13 @@ def read_artifact(path: str | Path, key: bytes | None = None) -> tuple[dict[str,
 
 
 class DeviceModel:
-    """A loaded artifact: a numpy session encoder plus a numpy item-table scorer.
+    """A loaded artifact: a numpy query side plus a numpy item-table scorer.
 
-    Attributes: ``vocab`` (raw ids of internal ids ``1..n``), ``num_items``, ``max_len``, ``manifest``,
-    ``table`` (the :class:`~pocketrec.device.np_tables.NumpyTable`), ``encoder``.
+    The query side is the session encoder (``encoder``; :meth:`recommend` after a history) or, for a
+    collaborative-filtering artifact, its users' vectors (``users``, :class:`~pocketrec.device.np_users.
+    UserVectors`; :meth:`recommend_user`). Attributes: ``vocab`` (raw ids of internal ids ``1..n``),
+    ``num_items``, ``max_len`` (0 without an encoder), ``manifest``, ``device_query``, ``table`` (the
+    :class:`~pocketrec.device.np_tables.NumpyTable`), ``encoder``, ``users``.
     """
 
     def __init__(self, tensors: dict[str, np.ndarray], manifest: dict[str, str], source: str = "") -> None:
@@ -156,18 +162,28 @@ class DeviceModel:
             raise ArtifactError(f"{source}: item id {duplicate!r} appears more than once in the vocabulary")
         table_arrays = {k[len("table/"):]: v for k, v in tensors.items() if k.startswith("table/")}
         enc_arrays = {k[len("encoder/"):]: v for k, v in tensors.items() if k.startswith("encoder/")}
+        #: the query encoder the device runs: "session-encoder" (recent items) or "user-vectors" (CF)
+        self.device_query = manifest.get("device_query", SESSION_QUERY)
+        if self.device_query not in (SESSION_QUERY, USER_QUERY):
+            raise ArtifactError(f"{source}: unknown device query {self.device_query!r} (a newer pocketrec?)")
+        self.encoder: NumpyEncoder | None = None
+        self.users: UserVectors | None = None
         try:
             self.table: NumpyTable = make_scorer(table_arrays, self.table_description)
-            self.encoder = NumpyEncoder({k: v for k, v in enc_arrays.items()}, self.encoder_config)
+            if self.device_query == USER_QUERY:
+                self.users = UserVectors(tensors, manifest, self.num_items)
+            else:
+                self.encoder = NumpyEncoder({k: v for k, v in enc_arrays.items()}, self.encoder_config)
         except (ValueError, KeyError, TypeError) as err:
             raise ArtifactError(f"{source}: {err}") from None
-        if self.table.num_items != self.num_items or self.table.dim != self.encoder.dim:
+        query_dim = self.users.dim if self.users is not None else self.encoder.dim
+        if self.table.num_items != self.num_items or self.table.dim != query_dim:
             raise ArtifactError(f"{source}: table ({self.table.num_items} items, dim {self.table.dim}) does not "
-                                f"fit the manifest ({self.num_items} items, encoder dim {self.encoder.dim})")
-        self.max_len = self.encoder.max_len
+                                f"fit the manifest ({self.num_items} items, query dim {query_dim})")
+        self.max_len = self.encoder.max_len if self.encoder is not None else 0
         self.table_nbytes = int(sum(a.nbytes for a in table_arrays.values()))
         self.norms: np.ndarray | None = None
-        if self.encoder.normalize:  # stored by the exporter; older files without it get them rebuilt
+        if self.encoder is not None and self.encoder.normalize:  # older files without norms get them rebuilt
             self.norms = tensors[NORMS] if NORMS in tensors else self.table.row_norms()  # fp16 stays fp16
             if self.norms.shape != (self.num_rows,):
                 raise ArtifactError(f"{source}: {NORMS} has shape {self.norms.shape}, expected ({self.num_rows},)")
@@ -175,6 +191,9 @@ class DeviceModel:
     # ------------------------------------------------------------------------------ internal ids
     def encode(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Query vector ``(dim,)`` of one session of internal ids (1..n, oldest first, <= max_len)."""
+        if self.encoder is None:
+            raise ValueError("this artifact ranks for its users (a collaborative-filtering model), not for a "
+                             "history: recommend for a user instead")
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if ids.size == 0 or ids.min() < 1 or ids.max() > self.num_items:
             raise ValueError(f"a session needs 1..{self.max_len} internal ids in 1..{self.num_items}")
@@ -186,7 +205,10 @@ class DeviceModel:
         Cosine models' scores are divided by the stored norms. Entry 0 of the first block (padding) is
         meaningless; :meth:`scores` and :meth:`top_k` never rank it.
         """
-        query = self.encode(ids)
+        return self.query_score_blocks(self.encode(ids))
+
+    def query_score_blocks(self, query: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """:meth:`score_blocks` of a query vector ``(dim,)`` (a session's encoding or a user's vector)."""
         for start, block in self.table.score_blocks(query):
             block = block.astype(np.float32, copy=False)
             if self.norms is not None:
@@ -207,6 +229,11 @@ class DeviceModel:
         memory is one block of scores, not the whole catalogue's. ``k = 0`` gives nothing; a negative ``k``
         raises ``ValueError``.
         """
+        return self.query_top_k(self.encode(ids), k, exclude)
+
+    def query_top_k(self, query: np.ndarray, k: int = 10, exclude: Sequence[int] = ()
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`top_k` of a query vector ``(dim,)``."""
         if int(k) < 0:
             raise ValueError(f"k must be >= 0, got {k}")
         k = min(int(k), self.num_items)
@@ -214,7 +241,7 @@ class DeviceModel:
         if k == 0:
             return best_ids, best_scores
         excluded = np.unique(np.asarray(exclude, dtype=np.int64))
-        for start, block in self.score_blocks(ids):
+        for start, block in self.query_score_blocks(query):
             block = block.copy() if start == 0 or len(excluded) else block
             if start == 0:
                 block[0] = -np.inf
@@ -253,6 +280,18 @@ class DeviceModel:
             raise ValueError("history has no item known to this model; cannot recommend")
         ids = ids[-self.max_len:]
         best, scores = self.top_k(ids, k, exclude=ids if exclude_history else ())
+        return [self.vocab.raw(i) for i in best], scores
+
+    def recommend_user(self, user: str | int | None = None, k: int = 10, exclude_seen: bool = True
+                       ) -> tuple[list[str], np.ndarray]:
+        """The ``k`` best raw item ids for ``user`` (a raw id; ``None``: the artifact's only user) of a
+        collaborative-filtering artifact, and their scores; the user's items are left out unless
+        ``exclude_seen`` is off. ``ValueError`` for a user the artifact does not hold."""
+        if self.users is None:
+            raise ValueError("this artifact ranks after a history of items (a session model), not for a user")
+        row = self.users.row(user)
+        best, scores = self.query_top_k(self.users.vector(row), k,
+                                        exclude=self.users.seen(row) if exclude_seen else ())
         return [self.vocab.raw(i) for i in best], scores
 
 

@@ -58,9 +58,10 @@ class RecipeConfig:
 
 @dataclass
 class CompressResult:
-    """What a compression run reached: bytes, ratio, metrics, and the fit record."""
+    """What a compression run reached: bytes, ratio, metrics, and the fit record (``None`` for a post-hoc
+    baseline, which does not train)."""
 
-    fit: FitResult
+    fit: FitResult | None
     test: dict[str, float]
     table_bytes: int
     dense_table_bytes: int

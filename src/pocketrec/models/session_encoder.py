@@ -27,6 +27,7 @@ input vectors and the catalogue scores, so a compressed table replaces the dense
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -342,11 +343,13 @@ class SessionRecommender(Recommender):
 
         return evaluate(self, getattr(dataset, split), batch_size=batch_size, progress=progress, desc=desc)
 
-    def device_tensors(self) -> dict[str, np.ndarray]:
+    def device_tensors(self, users: Sequence[int] | None = None) -> dict[str, np.ndarray]:
         """Every encoder weight (the state dict without the item table) as ``encoder/<name>``, float32; in
         cosine mode also the item-row norms (``scoring/norms``) that the runtime divides scores by."""
         from pocketrec.device.runtime import NORMS
 
+        if users is not None:
+            raise ValueError("a session model's artifact serves any user: it takes no users")
         out = {}
         for name, value in self.state_dict().items():
             if name.startswith("table."):

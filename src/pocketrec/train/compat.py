@@ -36,15 +36,17 @@ def dataset_of(meta: dict[str, Any], given: str | None, what: str = "checkpoint"
     return str(name)
 
 
-def load_dataset_of(meta: dict[str, Any], given: str | None, what: str = "checkpoint") -> Dataset:
-    """Load :func:`dataset_of`; a checkpoint of an older pocketrec trained on a file (its name only, no
-    path recorded) gets an error that says to pass ``--dataset``."""
+def load_dataset_of(meta: dict[str, Any], given: str | None, what: str = "checkpoint") -> Any:
+    """Load :func:`dataset_of` with the loader of the checkpoint's backbone. A checkpoint of an older
+    pocketrec trained on a file (its name only, no path recorded) gets an error that says to pass
+    ``--dataset``."""
     from pocketrec.data import registry
     from pocketrec.data.errors import DataError
+    from pocketrec.train.checkpoint import checkpoint_backbone
 
     name = dataset_of(meta, given, what)
     try:
-        return registry.load_dataset(name)
+        return checkpoint_backbone(what, meta).load_dataset(name)
     except DataError:
         if given or meta.get("dataset_origin") or name.lower() in registry.dataset_names():
             raise

@@ -39,7 +39,8 @@ class TeacherConfig:
 
 def load_teacher_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TeacherConfig:
     """:func:`~pocketrec.config.load_config` for :class:`TeacherConfig`, with the ``encoder`` section read as
-    the config of the backbone that the YAML file or an override (``backbone=lightgcn``) names."""
+    the config of the backbone that the YAML file or an override (``backbone=lightgcn``) names, and the
+    ``train`` section starting from that backbone's ``train_defaults``."""
     name = DEFAULT_BACKBONE
     if path is not None and Path(path).is_file():
         name = str(read_yaml(Path(path)).get("backbone", name))
@@ -48,9 +49,10 @@ def load_teacher_config(path: str | Path | None = None, overrides: list[str] | N
         if key == "backbone":
             name = value
     try:
-        base = TeacherConfig(backbone=name, encoder=backbone_class(name).config_class())
+        cls = backbone_class(name)
     except ValueError as err:
         raise ConfigError(f"backbone: {err}") from None
+    base = TeacherConfig(backbone=name, encoder=cls.config_class(), train=TrainConfig(**cls.train_defaults))
     return load_config(TeacherConfig, path, overrides, base=base)
 
 
