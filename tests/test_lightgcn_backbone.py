@@ -105,3 +105,17 @@ def test_resume_continues_a_lightgcn_run(data, tmp_path):
                                resume=True)
     for (name, a), b in zip(full_model.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_the_demos_cf_section_trains_exports_and_recommends(tmp_path):
+    from pocketrec.bench.cf_demo import run_cf_demo
+
+    lines: list[str] = []
+    row = run_cf_demo("ml-100k", tmp_path, lines.append, quiet=True,
+                      overrides=["encoder.dim=8", "encoder.layers=1", "train.epochs=1"])
+    assert lines[0].startswith("lightgcn: training on ml-100k")
+    assert len(row["items"]) == 10 and not set(row["items"]) & set(row["history"])
+    assert row["artifact_bytes"] > row["table_bytes"] > 0
+    again = run_cf_demo("ml-100k", tmp_path, lines.append, quiet=True,
+                        overrides=["encoder.dim=8", "encoder.layers=1", "train.epochs=1"])
+    assert lines[-1].startswith("lightgcn: reusing") and again["items"] == row["items"]

@@ -211,13 +211,17 @@ def demo(ctx: typer.Context,
          dataset: str = typer.Option("ml-100k", help="dataset name or path"),
          budgets: str = typer.Option("3%,10%", help="two (or more) item-table budgets"),
          out: Path = typer.Option(Path("runs/demo"), help="run folder (finished models in it are reused)"),
+         cf: bool = typer.Option(True, help="also the collaborative-filtering family (LightGCN) on datasets "
+                                            "with users"),
          quiet: bool = typer.Option(False, help="no progress bars")) -> None:
     """The tour: teacher, every method at two budgets, device files, a recommendation, a report.
 
     On the built-in ml-100k it runs on a fresh machine in under 10 minutes on 2 CPU cores: trains a
-    teacher, compresses it with OD-Rec, TT, EODRec and the baselines at each budget, exports every model
-    as a device artifact, recommends for one test user through the numpy runtime (with titles), prints
-    the table and writes OUT/report.md / report.html with plots. `--dataset tmall` runs the same elsewhere.
+    session teacher, compresses it with OD-Rec, TT, EODRec and the baselines at each budget, exports every
+    model as a device artifact, recommends for one test user through the numpy runtime (with titles), prints
+    the table and writes OUT/report.md / report.html with plots. Then the collaborative-filtering family: a
+    LightGCN teacher on the same ratings, the device file of one user, and that user's recommendations.
+    `--dataset tmall` runs the session part elsewhere (session data has no users).
     """
     from pocketrec.bench.runner import BenchConfig
     from pocketrec.config import load_config
@@ -228,28 +232,54 @@ def demo(ctx: typer.Context,
         data, rows = _run_bench(cfg, f"{dataset} demo", _command_line(), quiet)
     except user_errors() as err:
         fail(str(err))
-    _demo_recommendation(data, rows)
+    titles = _demo_recommendation(data, rows)
+    if cf and data.protocol != "session":
+        _demo_cf(dataset, out, quiet, titles)
 
 
-def _demo_recommendation(data, rows) -> None:
-    """Recommend for the first test user with the smallest EODRec (else smallest) artifact, numpy only."""
+def _demo_cf(dataset: str, out: Path, quiet: bool, titles: dict[str, str]) -> None:
+    """The collaborative-filtering section of the demo (:mod:`pocketrec.bench.cf_demo`)."""
+    from pocketrec.bench.cf_demo import run_cf_demo
+    from pocketrec.search.budget import format_bytes
+
+    console.print("\n[bold]Collaborative filtering[/bold]: LightGCN on the same ratings (user-item graph)")
+    try:
+        row = run_cf_demo(dataset, out, log=lambda line: console.print(f"[dim]cf[/dim] {line}"), quiet=quiet)
+    except user_errors() as err:
+        fail(str(err))
+    test = row["test"]
+    console.print(f"LightGCN test Recall@20 {100 * test['recall@20']:.2f}, NDCG@20 {100 * test['ndcg@20']:.2f} "
+                  f"({int(test['users']):,} users, each user's earlier items excluded)")
+    console.print(f"[bold]On device[/bold]: {row['artifact']} ({format_bytes(row['artifact_bytes'])}: item table "
+                  f"{format_bytes(row['table_bytes'])} + user {row['user']}'s vector and items; numpy, no torch, "
+                  "no graph)")
+    console.print(f"user {row['user']} rated {len(row['history'])} films, e.g. "
+                  + "; ".join(titles.get(i, i) for i in row["history"][:3]))
+    for rank, (item, score) in enumerate(zip(row["items"], row["scores"], strict=True), 1):
+        console.print(f"  {rank:2d}. {titles.get(item, item)}  ({score:.3f})")
+
+
+def _demo_recommendation(data, rows) -> dict[str, str]:
+    """Recommend for the first test user with the smallest EODRec (else smallest) artifact, numpy only;
+    returns the titles of the raw item ids (empty where the data has none)."""
     from pocketrec.device.runtime import load
 
+    raw_titles = data.item_titles or {}
+    titles = {data.vocab.decode([i])[0]: t for i, t in raw_titles.items()}
     built = [r for r in rows if "artifact" in r and r["method"] != "teacher"]
     if not built:
-        return
+        return titles
     pick = min((r for r in built if r["method"] == "eodrec"), key=lambda r: r["table_bytes"], default=None)
     pick = pick or min(built, key=lambda r: r["table_bytes"])
     device = load(pick["artifact"])
     history = data.vocab.decode([int(i) for i in data.test.sequences[0][:-1]])
-    raw_titles = data.item_titles or {}
-    titles = {data.vocab.decode([i])[0]: t for i, t in raw_titles.items()}
     items, scores = device.recommend(history, k=10, exclude_history=True)
     console.print(f"\n[bold]On device[/bold]: {pick['artifact']} ({pick['method']} @ {pick['budget']}, "
                   f"item table {pick['table_bytes']:,} bytes, numpy runtime, no torch)")
     console.print("recent history of the first test user: " + "; ".join(titles.get(i, i) for i in history[-5:]))
     for rank, (item, score) in enumerate(zip(items, scores, strict=True), 1):
         console.print(f"  {rank:2d}. {titles.get(item, item)}  ({score:.3f})")
+    return titles
 
 
 @app.command()
