@@ -119,3 +119,23 @@ def test_the_demos_cf_section_trains_exports_and_recommends(tmp_path):
     again = run_cf_demo("ml-100k", tmp_path, lines.append, quiet=True,
                         overrides=["encoder.dim=8", "encoder.layers=1", "train.epochs=1"])
     assert lines[-1].startswith("lightgcn: reusing") and again["items"] == row["items"]
+
+
+def test_onnx_ranks_for_a_user_like_the_numpy_runtime(trained, data, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from pocketrec.device.onnx_export import export_onnx
+    from pocketrec.device.runtime import OnnxModel
+
+    out, _, _ = trained
+    users = data.users.raw_ids[:3]
+    onnx_path = export_onnx(out / "best", tmp_path / "users.onnx", k=20, users=users, data=data)
+    artifact = export_artifact(out / "best", tmp_path / "users.safetensors", users=users, data=data)
+    graph, device = OnnxModel(onnx_path), load(artifact)
+    assert onnx_path.nbytes <= 1.10 * artifact.nbytes + 2048  # the graph and metadata: ~2 KB at any size
+    for user in users:
+        items, scores = device.recommend_user(user, k=20)
+        onnx_items, onnx_scores = graph.recommend_user(user, k=20)
+        assert onnx_items == items and np.allclose(onnx_scores, scores, atol=1e-5)
+    with pytest.raises(ValueError, match="serves 3 users; name one"):
+        graph.recommend_user(None)

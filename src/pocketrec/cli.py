@@ -314,11 +314,11 @@ def export(checkpoint: Path = typer.Argument(..., help="checkpoint folder (e.g. 
             raise ValueError(f"--format must be 'safetensors' or 'onnx', got {fmt!r}")
         if by_suffix and fmt != by_suffix:
             raise ValueError(f"--format {fmt} contradicts the file name {out}; drop --format or rename the file")
+        users = [u.strip() for u in user.split(",") if u.strip()] if user else None
         if fmt == "safetensors":
             from pocketrec.device.artifact import export_artifact
 
             key = read_key(sign_key) if sign_key is not None else key_from_env()
-            users = [u.strip() for u in user.split(",") if u.strip()] if user else None
             written = export_artifact(checkpoint, out, fp16=fp16, key=key, users=users)
         else:
             if fp16:
@@ -327,7 +327,7 @@ def export(checkpoint: Path = typer.Argument(..., help="checkpoint folder (e.g. 
                 raise ValueError("--sign-key is only supported with --format safetensors (ONNX files are not signed)")
             from pocketrec.device.onnx_export import export_onnx
 
-            written = export_onnx(checkpoint, out, k=k)
+            written = export_onnx(checkpoint, out, k=k, users=users)
     except (*user_errors(), ArtifactError, OSError) as err:
         fail(str(err))
     if fmt == "onnx" and os.environ.get(ENV_KEY):

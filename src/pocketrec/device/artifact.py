@@ -180,11 +180,7 @@ def export_artifact(checkpoint_or_model: Any, path: str | Path, fp16: bool = Fal
     if key is not None and not key:
         raise ValueError("the signing key is empty")
     model, vocab, dataset, meta = resolve_model(checkpoint_or_model, vocab, dataset)
-    chosen = None
-    if model.device_query == USER_QUERY:
-        chosen = _chosen_users(model, meta, users, data)
-    elif users:
-        raise ValueError("a session model's artifact serves any user: it takes no users")
+    chosen = chosen_users(model, meta, users, data)
     tensors, manifest = build_artifact(model, vocab, fp16, dataset or "", chosen)
     if key is not None:
         manifest["signature"] = sign(manifest["checksum"], key)
@@ -205,9 +201,14 @@ def resolve_model(checkpoint_or_model: Any, vocab: list[str] | None, dataset: st
     return model, vocab, dataset, meta
 
 
-def _chosen_users(model: Any, meta: dict[str, Any], users: Sequence[str] | None, data: Any
-                  ) -> list[tuple[str, int]]:
-    """(raw, internal) ids of the users a collaborative-filtering artifact is for; attaches ``data``."""
+def chosen_users(model: Any, meta: dict[str, Any], users: Sequence[str] | None, data: Any
+                  ) -> list[tuple[str, int]] | None:
+    """(raw, internal) ids of the users a collaborative-filtering artifact is for (``data`` attached to the
+    model); ``None`` for a session model, which serves any user and takes none."""
+    if model.device_query != USER_QUERY:
+        if users:
+            raise ValueError("a session model's file serves any user: it takes no users")
+        return None
     if not users:
         raise ValueError("a LightGCN artifact is for the device of given users: pass --user U (several: "
                          "U1,U2; every user: all)")

@@ -1,7 +1,9 @@
 """ONNX export: the same model as the device artifact, as one ONNX graph (single file, no external data).
 
-Graph: input ``item_ids`` int64 ``(1, L)`` (internal ids, right-padded with 0 or exact length,
-``1 <= L <= max_len``); outputs ``scores`` float32 ``(1, k)`` and ``item_indices`` int64 ``(1, k)``
+Graph of a session model: input ``item_ids`` int64 ``(1, L)`` (internal ids, right-padded with 0 or exact
+length, ``1 <= L <= max_len``); of a collaborative-filtering model (LightGCN): input ``user_index`` int64
+``(1,)``, the row of its user in the ``users`` metadata, whose stored vector is the query and whose own items
+are never ranked (:func:`_user_graph`); outputs ``scores`` float32 ``(1, k)`` and ``item_indices`` int64 ``(1, k)``
 (internal ids, best first; map back with the ``vocab`` metadata, internal id ``i`` is ``vocab[i-1]``).
 The manifest of the safetensors artifact (format, version, table description, encoder config, num_items,
 vocab as compact JSON) is stored in the model's ``metadata_props`` (with ``format`` = ``pocketrec-device-onnx``).
@@ -33,8 +35,8 @@ onnxruntime may constant-fold the decoding when it loads a session (it then hold
 memory); what the file stores is the table as the artifact stores it.
 
 Refused like the safetensors artifact (``ValueError``, nothing written): NaN/inf weights, a duplicate id,
-a target that is a directory or inside a checkpoint folder, an item-table kind without an ONNX builder,
-an ``opset`` below 14; also a missing ``onnx`` extra (``onnx`` and ``onnxscript``, which the export
+a target that is a directory or inside a checkpoint folder, an item-table kind without an ONNX builder, an
+``opset`` below 14; also a missing ``onnx`` extra (``onnx`` and ``onnxscript``, which the export
 needs). ONNX files carry no checksum nor signature.
 """
 
@@ -53,8 +55,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pocketrec.device.artifact import ExportedFile, build_artifact, check_target, resolve_model, write_atomically
-from pocketrec.device.runtime import NORMS, ONNX_FORMAT, OnnxModel  # noqa: F401  (OnnxModel re-exported)
+from pocketrec.device.artifact import (
+    ExportedFile,
+    build_artifact,
+    check_target,
+    chosen_users,
+    resolve_model,
+    write_atomically,
+)
+from pocketrec.device.np_users import SEEN_INDPTR, SEEN_ITEMS, VECTORS
+from pocketrec.device.runtime import NORMS, ONNX_FORMAT, OnnxModel  # noqa: F401  (re-exported)
 from pocketrec.models.session_encoder import last_positions
 
 #: Lowest opset the export supports: the encoder's attention needs 14 (the table's part needs 13, where
@@ -446,13 +456,58 @@ def _splice(proto: Any, graph: OnnxGraph, rows: str, split: int, k: int) -> None
                            onnx.helper.make_tensor_value_info("item_indices", onnx.TensorProto.INT64, [1, k])])
 
 
+def _user_graph(tensors: dict[str, np.ndarray], description: dict[str, Any], k: int) -> OnnxGraph:
+    """The whole graph of a collaborative-filtering model: input ``user_index`` int64 ``(1,)`` (the user's row
+    in the file, see the ``users`` metadata), its stored vector as the query, the table's scores of items
+    ``1..n``, the user's own items (CSR ``users/seen_*``) set to ``-inf``, ``TopK`` and ``+1``."""
+    graph = OnnxGraph()
+    arrays = {name[len("table/"):]: arr for name, arr in tensors.items() if name.startswith("table/")}
+    table = make_onnx_table(graph, arrays, description)
+    vectors = graph.initializer(VECTORS, tensors[VECTORS].astype(np.float32))
+    query = graph.op("Gather", vectors, "user_index", axis=0)  # (1, dim)
+    scores = table.scores(query)
+    indptr = graph.initializer(SEEN_INDPTR, tensors[SEEN_INDPTR].astype(np.int64))
+    start = graph.op("Gather", indptr, "user_index", axis=0)
+    end = graph.op("Gather", indptr, graph.op("Add", "user_index", graph.const([1])), axis=0)
+    seen = graph.op("Slice", graph.initializer(SEEN_ITEMS, tensors[SEEN_ITEMS].astype(np.int64)), start, end)
+    positions = graph.unsqueeze(graph.op("Sub", seen, graph.const(1)), [0])  # (1, s): columns of items 1..n
+    minus_inf = graph.op("Expand", graph.const([[-np.inf]], np.float32), graph.op("Shape", positions))
+    scores = graph.op("ScatterElements", scores, positions, minus_inf, axis=1)
+    found = graph.fresh("positions")
+    graph.op("TopK", scores, graph.const([k]), axis=-1, largest=1, sorted=1, outputs=["scores", found])
+    graph.op("Add", found, graph.const(1), outputs=["item_indices"])
+    return graph
+
+
+def _write_user_graph(graph: OnnxGraph, manifest: dict[str, str], k: int, opset: int) -> Callable[[str], None]:
+    import onnx
+
+    def write(tmp: str) -> None:
+        body = onnx.helper.make_graph(
+            graph.nodes, "pocketrec-user-vectors",
+            [onnx.helper.make_tensor_value_info("user_index", onnx.TensorProto.INT64, [1])],
+            [onnx.helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, [1, k]),
+             onnx.helper.make_tensor_value_info("item_indices", onnx.TensorProto.INT64, [1, k])],
+            initializer=graph.initializers)
+        proto = onnx.helper.make_model(body, opset_imports=[onnx.helper.make_opsetid("", int(opset))])
+        for key, value in manifest.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(proto)
+        onnx.save(proto, tmp)
+    return write
+
+
 def export_onnx(checkpoint_or_model: Any, path: str | Path, k: int = 100, vocab: list[str] | None = None,
-                dataset: str | None = None, opset: int = 17) -> ExportedFile:
+                dataset: str | None = None, opset: int = 17, users: Sequence[str] | None = None,
+                data: Any = None) -> ExportedFile:
     """Write the ONNX graph of a checkpoint folder (or a model) to ``path`` atomically; returns ``path`` (with
     ``nbytes``, the size written).
 
     ``k`` (capped at ``num_items``) is the number of ranked items the graph returns; ``opset`` must be at
-    least :data:`MIN_OPSET`.
+    least :data:`MIN_OPSET`. A collaborative-filtering model (LightGCN) takes ``users`` and ``data`` as
+    :func:`~pocketrec.device.artifact.export_artifact` does; its graph's input is ``user_index`` (the row of
+    the user in the ``users`` metadata) instead of ``item_ids``.
     """
     path = check_target(path)
     require_onnx()
@@ -460,15 +515,19 @@ def export_onnx(checkpoint_or_model: Any, path: str | Path, k: int = 100, vocab:
 
     if int(opset) < MIN_OPSET:
         raise ValueError(f"ONNX export needs opset {MIN_OPSET} or later, got {opset}")
-    model, vocab, dataset, _ = resolve_model(checkpoint_or_model, vocab, dataset)
+    model, vocab, dataset, meta = resolve_model(checkpoint_or_model, vocab, dataset)
     model = model.eval()
-    tensors, manifest = build_artifact(model, vocab, False, dataset or "")
+    chosen = chosen_users(model, meta, users, data)
+    tensors, manifest = build_artifact(model, vocab, False, dataset or "", chosen)
     manifest = {key: value for key, value in manifest.items() if key not in ("checksum", "signature")}
     manifest["format"] = ONNX_FORMAT
     manifest["vocab"] = json.dumps([str(v) for v in vocab] if vocab is not None
                                    else [str(i) for i in range(1, model.num_items + 1)], separators=(",", ":"))
     k = max(1, min(int(k), model.num_items))
     manifest["k"] = str(k)
+    if chosen is not None:
+        return write_atomically(path, _write_user_graph(_user_graph(tensors, json.loads(manifest["table"]), k),
+                                                        manifest, k, opset))
     graph, rows, split = _table_graph(tensors, json.loads(manifest["table"]), k)
     encoder = _OnnxEncoder(model).eval()
     length = min(model.config.max_len, 4)

@@ -397,7 +397,8 @@ def load(path: str | Path, key: bytes | None = None) -> DeviceModel:
 class OnnxModel:
     """An exported ONNX model (:mod:`pocketrec.device.onnx_export`) in onnxruntime (imported lazily, torch-free).
 
-    ``top_k(internal ids)`` returns the graph's ranked internal ids and scores; ``recommend`` maps raw ids.
+    ``top_k(internal ids)`` returns the graph's ranked internal ids and scores; ``recommend`` maps raw ids;
+    ``recommend_user`` ranks for a user of a collaborative-filtering graph.
     """
 
     def __init__(self, path: str | Path, threads: int = 1) -> None:
@@ -411,7 +412,10 @@ class OnnxModel:
         if meta.get("format") != ONNX_FORMAT:
             raise ArtifactError(f"{path}: not a pocketrec ONNX model")
         self.vocab: list[str] = json.loads(meta["vocab"])
-        self.max_len = int(json.loads(meta["encoder"])["max_len"])
+        self.device_query = meta.get("device_query", SESSION_QUERY)
+        #: raw ids of the users a collaborative-filtering graph serves (row ``i`` is ``user_index = i``)
+        self.users: list[str] = json.loads(meta["users"]) if "users" in meta else []
+        self.max_len = int(json.loads(meta["encoder"]).get("max_len", 0))
         self._index = {raw: i + 1 for i, raw in enumerate(self.vocab)}
 
     def top_k(self, ids: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -427,4 +431,19 @@ class OnnxModel:
         if not ids:
             raise ValueError("history has no item known to this model; cannot recommend")
         best, scores = self.top_k(ids)
+        return [self.vocab[int(i) - 1] for i in best[:k]], scores[:k]
+
+    def recommend_user(self, user: str | int | None = None, k: int = 10) -> tuple[list[str], np.ndarray]:
+        """The best raw item ids for ``user`` of a collaborative-filtering graph (``None``: its only user);
+        the user's own items are never among them."""
+        if self.device_query != USER_QUERY:
+            raise ValueError("this graph ranks after a history of items (a session model), not for a user")
+        if user is None and len(self.users) != 1:
+            raise ValueError(f"this graph serves {len(self.users)} users; name one")
+        row = 0 if user is None else (self.users.index(str(user)) if str(user) in self.users else -1)
+        if row < 0:
+            raise ValueError(f"user {str(user)!r} is not in this graph")
+        scores, indices = self.session.run(None, {"user_index": np.asarray([row], dtype=np.int64)})
+        finite = np.isfinite(scores[0])
+        best, scores = indices[0][finite], scores[0][finite]
         return [self.vocab[int(i) - 1] for i in best[:k]], scores[:k]
