@@ -152,9 +152,15 @@ def read_user_sequences(path: PathLike) -> list[tuple[str, list[str]]]:
     Returns ``(user, items)`` pairs in file order. Ids may be any whitespace-free strings. Blank lines
     are skipped; a user listed twice is a :class:`DataError` (the format has one line per user).
     """
+    return _user_lines(path, read_text(path), "no user sequences (the file is empty)")
+
+
+def _user_lines(path: PathLike, text: str, if_empty: str, allow_empty: bool = True) -> list[tuple[str, list[str]]]:
+    """``(user, items)`` of the ``user item item ...`` lines of ``text``; a user listed twice, a user without
+    items (unless ``allow_empty``) and a file without lines (``if_empty``) are :class:`DataError`."""
     out: list[tuple[str, list[str]]] = []
     seen: dict[str, int] = {}
-    for line_no, line in enumerate(_lines(read_text(path)), start=1):
+    for line_no, line in enumerate(_lines(text), start=1):
         tokens = line.split()
         if not tokens:
             continue
@@ -162,10 +168,13 @@ def read_user_sequences(path: PathLike) -> list[tuple[str, list[str]]]:
         if user in seen:
             raise DataError(path, line_no, f"user {user!r} already has a line (line {seen[user]}); "
                                            "expected one line per user")
+        if len(tokens) == 1 and not allow_empty:
+            raise DataError(path, line_no, f"user {user!r} has no items (every user line of a training "
+                                           "file lists at least one item)")
         seen[user] = line_no
         out.append((user, tokens[1:]))
     if not out:
-        raise DataError(path, None, "no user sequences (the file is empty)")
+        raise DataError(path, None, if_empty)
     return out
 
 
@@ -187,24 +196,7 @@ def read_user_item_lines(path: PathLike, *, allow_empty: bool = True) -> list[tu
         role = "user" if not text[line_start:start].strip() else "item"
         raise DataError(path, line_no, f"{role} id {token!r} is not a non-negative integer "
                                        "(expected 'user item item ...' with integer ids, as LightGCN writes)")
-    out: list[tuple[str, list[str]]] = []
-    seen: dict[str, int] = {}
-    for line_no, line in enumerate(text.split("\n"), start=1):
-        tokens = line.split()
-        if not tokens:
-            continue
-        user = tokens[0]
-        if user in seen:
-            raise DataError(path, line_no, f"user {user!r} already has a line (line {seen[user]}); "
-                                           "expected one line per user")
-        if len(tokens) == 1 and not allow_empty:
-            raise DataError(path, line_no, f"user {user!r} has no items (every user line of a training "
-                                           "file lists at least one item)")
-        seen[user] = line_no
-        out.append((user, tokens[1:]))
-    if not out:
-        raise DataError(path, None, "no user lines (the file is empty)")
-    return out
+    return _user_lines(path, text, "no user lines (the file is empty)", allow_empty)
 
 
 # -------------------------------------------------------------------------------------------- tables

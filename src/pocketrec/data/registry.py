@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -351,18 +352,28 @@ def load_dataset(name_or_path: str | Path, *, root: str | Path | None = None, va
     files are :class:`DataError`.
     """
     opts = {"valid_fraction": valid_fraction, "min_rating": min_rating, "k_core": k_core}
+    return _name_or_path(name_or_path, root, lambda spec, files: spec.load(spec.name, files, opts),
+                         lambda p: _load_path(p, opts, format))
+
+
+def _name_or_path(name_or_path: str | Path, root: str | Path | None, from_files: Callable[[_Spec, Files], Any],
+                  from_path: Callable[[Path], Any], check: Callable[[_Spec], None] | None = None) -> Any:
+    """Load a registered dataset (``from_files`` of its located files) or a path (``from_path``); the result's
+    ``origin`` records which, so that a checkpoint can load the same data again."""
     key = str(name_or_path)
     if isinstance(name_or_path, str) and key.lower() in _REGISTRY:
         spec = _REGISTRY[key.lower()]
+        if check is not None:
+            check(spec)
         files, _ = _locate(spec, root)
-        data = spec.load(spec.name, files, opts)
+        data = from_files(spec, files)
         data.origin = spec.name
         return data
     p = Path(name_or_path)
     if not p.exists():
         raise DataError(p, None, f"no such file or folder, and not a registered dataset "
                                  f"({', '.join(_REGISTRY)})")
-    data = _load_path(p, opts, format)
+    data = from_path(p)
     data.origin = str(p.resolve())
     return data
 
@@ -454,21 +465,12 @@ def load_interactions(name_or_path: str | Path, *, root: str | Path | None = Non
     """
     opts = {"ratios": tuple(ratios), "seed": seed, "valid_fraction": valid_fraction, "min_rating": min_rating,
             "k_core": k_core}
-    key = str(name_or_path)
-    if isinstance(name_or_path, str) and key.lower() in _REGISTRY:
-        spec = _REGISTRY[key.lower()]
+
+    def has_users(spec: _Spec) -> None:
         if spec.protocol == SESSION:
             usable = ", ".join(s.name for s in _REGISTRY.values() if s.protocol != SESSION)
             raise DataError(None, None, f"dataset {spec.name!r} is session data (anonymous sessions, no users); "
                                         f"collaborative filtering needs user-item data: {usable}, or a path")
-        files, _ = _locate(spec, root)
-        data = _cf_from_files(spec.name, files, opts)
-        data.origin = spec.name
-        return data
-    p = Path(name_or_path)
-    if not p.exists():
-        raise DataError(p, None, f"no such file or folder, and not a registered dataset "
-                                 f"({', '.join(_REGISTRY)})")
-    data = _cf_from_path(p, opts, format)
-    data.origin = str(p.resolve())
-    return data
+
+    return _name_or_path(name_or_path, root, lambda spec, files: _cf_from_files(spec.name, files, opts),
+                         lambda p: _cf_from_path(p, opts, format), check=has_users)
