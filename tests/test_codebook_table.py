@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pocketrec.device.bitpack import bits_for, code_dtype, pack_codes, packed_nbytes, unpack_codes
+from pocketrec.formats.bitpack import bits_for, code_dtype, pack_codes, packed_nbytes, unpack_codes
 from pocketrec.tables import TABLE_KINDS, CodebookTable, DenseTable, array_nbytes, table_from_export
 from pocketrec.tables.codebook import DEFAULT_MAX_CODEBOOKS, fit_codebooks, icm_refine, kmeans, reconstruction_mse
 

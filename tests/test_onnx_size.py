@@ -15,10 +15,10 @@ pytest.importorskip("onnxscript")
 from onnx import numpy_helper  # noqa: E402
 
 from pocketrec.device.artifact import export_artifact  # noqa: E402
-from pocketrec.device.bitpack import pack_codes  # noqa: E402
 from pocketrec.device.np_tables import SCORERS  # noqa: E402
 from pocketrec.device.onnx_export import ONNX_TABLES, OnnxGraph, OnnxModel, export_onnx, unpack_codes  # noqa: E402
 from pocketrec.device.runtime import load, read_artifact  # noqa: E402
+from pocketrec.formats.bitpack import pack_codes  # noqa: E402
 from pocketrec.models.session_encoder import EncoderConfig, SessionRecommender  # noqa: E402
 from pocketrec.tables.codebook import CodebookTable  # noqa: E402
 from pocketrec.tables.dense import DenseTable  # noqa: E402

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pocketrec.device.bitpack import pack_int4, unpack_int4
+from pocketrec.formats.bitpack import pack_int4, unpack_int4
 from pocketrec.tables import QuantizedTable, array_nbytes, table_from_export
 
 

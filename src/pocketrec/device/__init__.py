@@ -3,7 +3,7 @@
 * :mod:`pocketrec.device.artifact` writes one ``.safetensors`` file per device (needs torch);
 * :mod:`pocketrec.device.runtime` loads it and recommends with numpy only (``load(path).recommend(...)``);
 * :mod:`pocketrec.device.onnx_export` writes the same model as one ONNX graph (needs torch);
-* :mod:`pocketrec.device.bitpack` packs integer codes (numpy only).
+* the stored layouts they share with the tables (bit-packing, ...) are in :mod:`pocketrec.formats`.
 
 This package imports nothing heavy itself, so ``import pocketrec.device.runtime`` stays torch-free.
 """

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from pocketrec.device.bitpack import packed_nbytes, unpack_codes, unpack_int4
+from pocketrec.formats.bitpack import packed_nbytes, unpack_codes, unpack_int4
+from pocketrec.formats.table_arrays import check_slots, dequantized_codebooks
 
 SCORERS: dict[str, type[NumpyTable]] = {}
 
@@ -76,32 +77,6 @@ class NumpyTable:
             norms[start:stop] = np.sqrt(np.einsum("ij,ij->i", rows, rows))
         norms[0] = 1.0
         return np.maximum(norms, np.float32(1e-8))
-
-
-def check_slots(slots: np.ndarray, num_items: int, num_slots: int) -> None:
-    """``ValueError`` unless ``slots`` is a TT item order: ``(num_items + 1,)``, ``slots[0] = 0`` (the padding
-    id), the items' slots distinct and in ``1..num_slots - 1``."""
-    if slots.shape != (num_items + 1,):
-        raise ValueError(f"slots must have shape ({num_items + 1},), got {tuple(slots.shape)}")
-    if int(slots[0]) != 0:
-        raise ValueError(f"slots[0] (the padding id) must be 0, got {int(slots[0])}")
-    if slots.size > 1 and (int(slots[1:].min()) < 1 or int(slots.max()) >= num_slots):
-        raise ValueError(f"item slots must lie in 1..{num_slots - 1}")
-    if np.unique(slots).size != slots.size:
-        raise ValueError("slots must be distinct (two items would share a TT row)")
-
-
-def dequantized_codebooks(arrays: dict[str, np.ndarray], dtype: str) -> np.ndarray:
-    """Exported codebooks as float32 ``(M, K, dim)``: int8 ones times their ``codebook_scales (M, K)``."""
-    books = arrays["codebooks"]
-    if (books.dtype == np.int8) != (dtype == "int8"):
-        raise ValueError(f"codebooks are {books.dtype} but the table's dtype is {dtype!r}")
-    if dtype != "int8":
-        return np.asarray(books, dtype=np.float32)
-    scales = np.asarray(arrays["codebook_scales"], dtype=np.float32)
-    if scales.shape != books.shape[:2]:
-        raise ValueError(f"codebook_scales have shape {scales.shape}, expected {books.shape[:2]}")
-    return books.astype(np.float32) * scales[..., None]
 
 
 def _require(arrays: dict[str, np.ndarray], names: list[str], kind: str) -> None:

@@ -167,7 +167,7 @@ class OnnxGraph:
 
 def unpack_codes(graph: OnnxGraph, packed: str, nbytes: int, bits: int, count: int) -> str:
     """Nodes decoding ``count`` codes of ``bits`` bits (1..16) from the uint8 stream ``packed`` (``nbytes``
-    bytes, the :mod:`pocketrec.device.bitpack` layout: C order, most-significant bit first); returns the
+    bytes, the :mod:`pocketrec.formats.bitpack` layout: C order, most-significant bit first); returns the
     name of the ``(count,)`` int32 codes.
 
     Every ``8 / gcd(bits, 8)`` codes fill ``bits / gcd(bits, 8)`` whole bytes, so code ``j`` of each such

@@ -6,7 +6,7 @@ Every item ``i`` in ``1..n`` has ``M`` integer codes ``c_i^m`` in ``0..K-1``; it
 codeword from each of ``M`` codebooks: ``e_i = sum_m A[m, c_i^m]`` with ``A`` of shape ``(M, K, dim)``
 (METHODS §2.2). Id 0 (padding) gives zeros. The device stores the codebooks (float32 or float16) and the
 codes of items ``1..n`` as the smallest unsigned integer type (uint8 for ``K <= 256``, uint16 up to 65536)
-or bit-packed at ``ceil(log2 K)`` bits (:mod:`pocketrec.device.bitpack`), so
+or bit-packed at ``ceil(log2 K)`` bits (:mod:`pocketrec.formats.bitpack`), so
 ``nbytes = M*K*dim*itemsize + n*M*code_bytes`` (METHODS §2.6/§6).
 
 Scoring one query never rebuilds the item rows: it builds the lookup table ``LUT[m, k] = q . A[m, k]``
@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pocketrec.device.bitpack import bits_for, code_dtype, pack_codes, packed_nbytes, unpack_codes
-from pocketrec.device.np_tables import dequantized_codebooks
+from pocketrec.formats.bitpack import bits_for, code_dtype, pack_codes, packed_nbytes, unpack_codes
+from pocketrec.formats.table_arrays import dequantized_codebooks
 from pocketrec.tables.base import (
     STORED_DTYPES,
     ItemTable,
@@ -534,7 +534,7 @@ class CodebookTable(ItemTable):
     def export(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """``codebooks (M, K, dim)`` at the stored dtype (int8 adds ``codebook_scales (M, K)`` float32) and
         ``codes`` of items ``1..n``: ``(n, M)`` uint8/uint16, or a 1-D uint8 bit stream when bit-packed
-        (layout: :mod:`pocketrec.device.bitpack`)."""
+        (layout: :mod:`pocketrec.formats.bitpack`)."""
         arrays: dict[str, np.ndarray] = {}
         if self.stored_dtype == "int8":
             values, scales = quantize_rows(self.codebooks)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pocketrec.device.bitpack import pack_int4, unpack_int4
+from pocketrec.formats.bitpack import pack_int4, unpack_int4
 from pocketrec.tables.base import ItemTable, mask_padding_column, quantize_rows, register_table
 
 BITS = (8, 4)

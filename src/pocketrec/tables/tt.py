@@ -77,8 +77,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pocketrec.device.bitpack import code_dtype
-from pocketrec.device.np_tables import check_slots
+from pocketrec.formats.bitpack import code_dtype
+from pocketrec.formats.table_arrays import check_slots
 from pocketrec.tables.base import (
     ItemTable,
     as_stored,
