@@ -108,8 +108,8 @@ def teacher_row(teacher_dir: Path, dataset: str) -> dict:
 
     meta = read_meta(teacher_dir)
     test = meta.get("test") or {}
-    return {"dataset": dataset, "method": "teacher", "table_bytes": meta["table_nbytes"],
-            "dense_table_bytes": meta["table_nbytes"], "ratio": 1.0, "recall@20": test.get("recall@20"),
+    return {"dataset": dataset, "method": "teacher", "table_bytes": meta["table_bytes"],
+            "dense_table_bytes": meta["table_bytes"], "ratio": 1.0, "recall@20": test.get("recall@20"),
             "mrr@20": test.get("mrr@20"), "ndcg@20": test.get("ndcg@20"), "teacher": str(teacher_dir)}
 
 

@@ -198,7 +198,7 @@ def main() -> None:
     num_items, dim = int(manifest["num_items"]), int(description["dim"])
     common = {
         "dataset": dataset, "method": method, "table_kind": description["kind"], "num_items": num_items,
-        "dim": dim, "table_bytes": int(manifest["table_nbytes"]), "dense_table_bytes": (num_items + 1) * dim * 4,
+        "dim": dim, "table_bytes": int(manifest["table_bytes"]), "dense_table_bytes": (num_items + 1) * dim * 4,
         "artifact_bytes": artifact.stat().st_size, "threads": 1, "history_len": args.history_len,
         "setting": f"one session, top 20 over all {num_items:,} items, 1 thread, {args.repeats} repeats",
     }

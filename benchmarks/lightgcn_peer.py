@@ -21,14 +21,19 @@ RSS (``ru_maxrss``) is that system's own, data loading and evaluation included:
   after ``stopping_step + 1`` evaluations without improvement: 10, as pocketrec's patience 10), the best
   checkpoint reloaded and tested.
 
-Epoch time is training only (the batches of one epoch, negative sampling included; no evaluation), the
-mean over all epochs trained. Best epoch counts from 1. Prints a Markdown table and the ratios, and writes
-``benchmarks/results/lightgcn_peer.json`` (one row per dataset and system)::
+Epoch time is training only (the batches of one epoch, negative sampling included; no evaluation): the
+mean over all epochs trained, and the median (robust to other work on the machine; each row also records
+the load average before and after its run). Best epoch counts from 1; ``stop`` says why training ended:
+``early`` (patience), ``cap`` (``--epochs`` reached: not converged) or ``time`` (the peer's
+``--time-limit``). Prints a Markdown table and the ratios, and writes ``benchmarks/results/lightgcn_peer.json``
+(one row per dataset and system; rows of other datasets are kept)::
 
     make recbole-venv
-    python benchmarks/lightgcn_peer.py                       # ml-100k and beauty
+    python benchmarks/lightgcn_peer.py                       # ml-100k and beauty, up to 400 epochs each
     python benchmarks/lightgcn_peer.py --datasets ml-100k --sports
+    python benchmarks/lightgcn_peer.py --datasets beauty --epochs 10 --peer-args="--time-limit 480"
     python benchmarks/lightgcn_peer.py --quick               # 3 epochs, 300 users of ml-100k; writes nothing
+    python benchmarks/lightgcn_peer.py --show --datasets ml-100k beauty   # the table of results/ only
 
 ``--side pocketrec`` (internal) is one pocketrec run, printing ``ROW {json}``.
 """
@@ -40,6 +45,7 @@ import hashlib
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from common import last_json, peak_rss_mib, print_table, write_rows
+from common import RESULTS, last_json, peak_rss_mib, print_table, write_rows
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -194,7 +200,7 @@ def metric_row(system: str, dataset: str, r: dict) -> dict:
             "best epoch": r["best_epoch"], "epochs": r["epochs_trained"],
             "stop": "time" if r.get("stopped_by_time_limit") else "early"
             if r["epochs_trained"] < r["setting"].get("max_epochs", EPOCHS) else "cap",
-            "epoch s": r["epoch_seconds"],
+            "epoch s": r["epoch_seconds"], "median epoch s": statistics.median(r["epoch_seconds_list"]),
             "peak RSS MiB": r["peak_rss_mib"]}
 
 
@@ -214,6 +220,7 @@ def main() -> None:
     parser.add_argument("--pocketrec-overrides", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--logs", help="folder for each side's stderr (default: the terminal)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave results/ alone")
+    parser.add_argument("--show", action="store_true", help="run nothing: print the table of results/ for --datasets")
     parser.add_argument("--side", choices=["pocketrec"], help=argparse.SUPPRESS)  # internal: one run
     parser.add_argument("--dataset", help=argparse.SUPPRESS)  # internal, with --side
     args = parser.parse_args()
@@ -225,14 +232,14 @@ def main() -> None:
         return
 
     datasets = ["ml-100k"] if args.quick else list(dict.fromkeys(args.datasets + (["sports"] if args.sports else [])))
-    if not args.skip_peer and not Path(args.peer_python).exists():
+    if not args.skip_peer and not args.show and not Path(args.peer_python).exists():
         sys.exit(f"{args.peer_python} not found: run `make recbole-venv` first (or pass --skip-peer)")
     logs = Path(args.logs) if args.logs else None
     if logs:
         logs.mkdir(parents=True, exist_ok=True)
     s = settings(args.quick, args.epochs)
     rows = []
-    for name in datasets:
+    for name in [] if args.show else datasets:
         data = load_split(name, args.quick)
         fingerprint = split_fingerprint(data)
         summary = {"users": data.num_users, "items": data.num_items,
@@ -271,7 +278,10 @@ def main() -> None:
             rows.append({"dataset": name, "method": "recbole-lightgcn", "system": "RecBole 1.2.1", **row,
                          "setting": {**summary, "peer_args": peer_args[4:]}})
 
-    if rows and not args.no_write and not args.quick:
+    if args.show:
+        rows = [r for r in json.loads((RESULTS / "lightgcn_peer.json").read_text()) if r["dataset"] in datasets]
+        rows.sort(key=lambda r: (datasets.index(r["dataset"]), r["method"] != "pocketrec-lightgcn"))
+    elif rows and not args.no_write and not args.quick:
         path = write_rows("lightgcn_peer", rows)
         print(f"wrote {path}", file=sys.stderr)
         # One side may have been run alone (--skip-peer / --skip-pocketrec): show both from the results file.
@@ -285,7 +295,9 @@ def main() -> None:
         pair = {r["method"]: r for r in rows if r["dataset"] == name}
         if len(pair) == 2:
             ours, peer = pair["pocketrec-lightgcn"], pair["recbole-lightgcn"]
-            print(f"{name}: pocketrec / RecBole epoch time {ours['epoch_seconds'] / peer['epoch_seconds']:.2f}, "
+            median = statistics.median(ours["epoch_seconds_list"]) / statistics.median(peer["epoch_seconds_list"])
+            print(f"{name}: pocketrec / RecBole epoch time {ours['epoch_seconds'] / peer['epoch_seconds']:.2f} "
+                  f"(medians {median:.2f}), "
                   f"peak RSS {ours['peak_rss_mib'] / peer['peak_rss_mib']:.2f}; "
                   f"NDCG@20 {100 * ours['test']['ndcg@20']:.2f} vs {100 * peer['test']['ndcg@20']:.2f}")
 

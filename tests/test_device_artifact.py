@@ -89,7 +89,7 @@ def test_artifact_bytes(setup, kind):
     tensors, manifest = read_artifact(path)
     table_bytes = sum(a.nbytes for n, a in tensors.items() if n.startswith("table/"))
     encoder_bytes = sum(a.nbytes for n, a in tensors.items() if n.startswith("encoder/"))
-    assert table_bytes == model.table.nbytes() == int(manifest["table_nbytes"])
+    assert table_bytes == model.table.nbytes() == int(manifest["table_bytes"])
     assert all(a.dtype == np.float32 for n, a in tensors.items() if n.startswith("encoder/"))
     expected_encoder = sum(v.numel() * 4 for k, v in model.state_dict().items() if not k.startswith("table."))
     assert encoder_bytes == expected_encoder

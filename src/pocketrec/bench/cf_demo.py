@@ -46,7 +46,7 @@ def run_cf_demo(dataset: str, out: Path, log: Callable[[str], None], quiet: bool
     artifact = export_artifact(best, out / "artifacts" / f"lightgcn-user-{user}.safetensors", users=[user], data=data)
     items, scores = load(artifact).recommend_user(user, k=10)
     return {"dataset": data.name, "method": "lightgcn", "user": user, "artifact": str(artifact),
-            "artifact_bytes": artifact.nbytes, "table_bytes": int(meta["table_nbytes"]), "test": meta["test"],
+            "artifact_bytes": artifact.nbytes, "table_bytes": int(meta["table_bytes"]), "test": meta["test"],
             "items": items, "scores": [float(s) for s in scores],
             "history": data.items.decode(data.seen("test")[data.users.encode(user)].indices)}
 

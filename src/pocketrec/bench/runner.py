@@ -125,7 +125,7 @@ def _reusable(run_dir: Path, data: Dataset, budget_bytes: int | None) -> bool:
         return False
     meta = read_meta(path)
     same_data = meta.get("dataset") == data.name and meta.get("vocab_fingerprint") == data.vocab.fingerprint()
-    fits = budget_bytes is None or int(meta.get("table_bytes", meta.get("table_nbytes", 0))) <= budget_bytes
+    fits = budget_bytes is None or int(meta["table_bytes"]) <= budget_bytes
     return same_data and fits and meta.get("test") is not None
 
 
@@ -238,7 +238,7 @@ def run_bench(cfg: BenchConfig, data: Dataset, log: Callable[[str], None] = prin
         artifact = out / "artifacts" / f"{run_dir.name}.safetensors"
         export_artifact(run_dir / "best", artifact)
         test = meta["test"]
-        table_bytes = int(meta["table_nbytes"])
+        table_bytes = int(meta["table_bytes"])
         row.update({"table_bytes": table_bytes, "artifact_bytes": artifact.stat().st_size,
                     "ratio": dense_bytes / table_bytes, "recall@20": test["recall@20"], "mrr@20": test["mrr@20"],
                     "ndcg@20": test["ndcg@20"], "table": meta["table"],

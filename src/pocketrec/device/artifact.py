@@ -15,7 +15,7 @@ Layout of the file (read by the numpy-only :mod:`pocketrec.device.runtime`):
 * the safetensors metadata (string -> string) is the manifest: ``format`` (``pocketrec-device``),
   ``version``, ``table`` (description JSON), ``encoder`` (config JSON), ``num_items``, ``vocab`` (the raw
   ids, internal id ``i`` being ``vocab[i-1]``: ``"vocab/ids"`` when they are integers, stored as the int32/
-  int64 tensor of that name, else a JSON list of strings; no id twice), ``table_nbytes``, ``dataset``,
+  int64 tensor of that name, else a JSON list of strings; no id twice), ``table_bytes``, ``dataset``,
   ``checksum``: the sha256 of :func:`~pocketrec.device.runtime.artifact_checksum` over all tensors and every
   other manifest entry, and optionally ``signature``: HMAC-SHA256 of the checksum under a secret key
   (:mod:`pocketrec.device.signing`; ``export_artifact(..., key=...)``, ``pocketrec export --sign-key FILE`` or
@@ -151,7 +151,7 @@ def build_artifact(model: Any, vocab: list[str] | None = None, fp16: bool = Fals
         "encoder": json.dumps(dataclasses.asdict(model.config)),
         "num_items": str(table.num_items),
         "vocab": vocab_value,
-        "table_nbytes": str(sum(a.nbytes for a in table_tensors.values())),
+        "table_bytes": str(sum(a.nbytes for a in table_tensors.values())),
         "dataset": str(dataset),
     }
     manifest["checksum"] = artifact_checksum(tensors, manifest)

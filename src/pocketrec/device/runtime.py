@@ -181,7 +181,7 @@ class DeviceModel:
             raise ArtifactError(f"{source}: table ({self.table.num_items} items, dim {self.table.dim}) does not "
                                 f"fit the manifest ({self.num_items} items, query dim {query_dim})")
         self.max_len = self.encoder.max_len if self.encoder is not None else 0
-        self.table_nbytes = int(sum(a.nbytes for a in table_arrays.values()))
+        self.table_bytes = int(sum(a.nbytes for a in table_arrays.values()))
         self.norms: np.ndarray | None = None
         if self.encoder is not None and self.encoder.normalize:  # older files without norms get them rebuilt
             self.norms = tensors[NORMS] if NORMS in tensors else self.table.row_norms()  # fp16 stays fp16

@@ -47,8 +47,8 @@ class CheckpointError(ValueError):
 
 
 #: Keys ``checkpoint.json`` must have, and the JSON type of those that code reads (when present).
-REQUIRED_KEYS = ("encoder", "table", "table_nbytes")
-KEY_TYPES: dict[str, type] = {"backbone": str, "encoder": dict, "table": dict, "table_nbytes": int, "num_items": int,
+REQUIRED_KEYS = ("encoder", "table", "table_bytes")
+KEY_TYPES: dict[str, type] = {"backbone": str, "encoder": dict, "table": dict, "table_bytes": int, "num_items": int,
                               "dataset": str, "vocab": list, "vocab_fingerprint": str, "epoch": int,
                               "valid": dict, "test": dict, "trainer_state": dict, "history": list,
                               "checksum": dict}
@@ -97,7 +97,7 @@ def save_checkpoint(path: str | Path, model: Recommender, meta: dict[str, Any],
         "backbone": model.backbone,
         "encoder": dataclasses.asdict(model.config),
         "table": description,
-        "table_nbytes": model.table.nbytes(),
+        "table_bytes": model.table.nbytes(),
         **model.checkpoint_meta(),
         **meta,
     }
@@ -143,6 +143,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise CheckpointError(f"{meta_file}: checkpoint version {version} is not supported "
                               f"(this pocketrec reads versions {', '.join(map(str, READABLE_VERSIONS))})")
+    raw = dict(meta)  # as written: what the checksum covers
+    if "table_nbytes" in meta and "table_bytes" not in meta:  # the key's name before 2026-12
+        meta["table_bytes"] = meta.pop("table_nbytes")
     required = (*REQUIRED_KEYS, "checksum") if version >= 2 else REQUIRED_KEYS
     for key in required:
         if key not in meta:
@@ -152,7 +155,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         if key in meta and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
             raise CheckpointError(f"{meta_file}: key {key!r} should be {_JSON_NAMES[kind]}, "
                                   f"got {json.dumps(value)[:60]}")
-    if version >= 2 and meta["checksum"].get("meta") != _meta_checksum(meta):
+    if version >= 2 and meta["checksum"].get("meta") != _meta_checksum(raw):
         raise CheckpointError(f"{path}: checksum mismatch, the checkpoint was modified or damaged")
     return meta
 
