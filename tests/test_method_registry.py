@@ -18,6 +18,7 @@ from pocketrec.train.checkpoint import load_checkpoint
 from pocketrec.train.distill import DistillConfig
 
 NAMES = ("odrec", "tt", "eodrec", "dense-small", "kmeans", "int8", "int4")
+CF_NAMES = ("cf-tt", "cf-codebook", "cf-kmeans", "cf-dense-small")
 #: a method-specific --key=value for each method, and the attribute it sets
 OWN_KEY = {"odrec": ("--t=3", "t", 3), "tt": ("--num_cores=3", "num_cores", 3),
            "eodrec": ("--dtype=int8", "dtype", "int8"), "dense-small": ("--train.epochs=3", "train.epochs", 3),
@@ -31,8 +32,9 @@ def _get(obj, dotted):
 
 
 def test_the_registered_names_are_the_benchs_methods_in_order():
-    assert registry.method_names() == NAMES
-    assert BenchConfig().methods == list(NAMES)
+    assert registry.method_names("session") == NAMES and registry.method_names("cf") == CF_NAMES
+    assert registry.method_names() == NAMES + CF_NAMES
+    assert BenchConfig().methods == list(NAMES)  # the bench compresses a session teacher
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -59,7 +61,7 @@ def test_registered_defaults_and_fixed_sizes():
 
 
 def test_unknown_names_are_one_error_listing_the_known_ones(tiny_teacher_dir):
-    known = "(known: " + ", ".join(NAMES) + ")"
+    known = "(known: " + ", ".join(NAMES + CF_NAMES) + ")"
     with pytest.raises(ValueError) as err:
         registry.get_method("nope")
     assert str(err.value) == f"unknown method 'nope' {known}"

@@ -37,6 +37,7 @@ from pocketrec.tables.base import ItemTable
 BACKBONES: dict[str, str] = {
     "session": "pocketrec.models.session_encoder:SessionRecommender",
     "lightgcn": "pocketrec.backbones.lightgcn:LightGCN",
+    "user-vectors": "pocketrec.backbones.user_vectors:UserVectorModel",
 }
 #: The backbone of checkpoints and artifacts written before backbones had names.
 DEFAULT_BACKBONE = "session"

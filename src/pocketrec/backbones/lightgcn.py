@@ -1,4 +1,4 @@
-"""LightGCN (He et al., SIGIR 2020): the collaborative-filtering backbone, with its BPR training pieces.
+"""LightGCN (He et al., SIGIR 2020): the collaborative-filtering backbone and its BPR loss.
 
 Users and items are the nodes of one bipartite graph (node ``u`` is user ``u``, node ``num_users + 1 + i``
 is item ``i``; the padding user 0 and item 0 are isolated nodes). With ``A`` its adjacency and ``D`` its
@@ -10,19 +10,20 @@ The final vectors combine the ego layer ``e^(0)`` and the ``layers`` propagated 
 
 The score of a user and an item is the dot product of their final vectors. A device never runs the
 graph: it stores the propagated item vectors (:meth:`LightGCN.propagated_item_table`) and its user's
-propagated vector (:meth:`LightGCN.propagated_user_vectors`).
+propagated vector (:meth:`LightGCN.propagated_user_vectors`); :meth:`LightGCN.to_user_vectors` is that
+device form as a model of its own (the ``user-vectors`` backbone), which a compressed item table can replace.
 
-Training is BPR with one uniform negative per training interaction (:class:`BPRBatches`,
-:func:`bpr_loss`), the whole graph propagated once per batch, and LightGCN's L2 term on the batch's ego
-embeddings. Reference settings (``shared/METHODS.md`` §3.8): dim 64, 3 layers, mean, Adam lr 1e-3,
-L2 1e-4, batch 2048.
+Training is BPR with one uniform negative per training interaction (:mod:`pocketrec.backbones.bpr`'s
+``BPRBatches``, shared with the other CF backbones; :func:`bpr_loss`), the whole graph propagated once per
+batch, and LightGCN's L2 term on the batch's ego embeddings. Reference settings (``shared/METHODS.md``
+§3.8): dim 64, 3 layers, mean, Adam lr 1e-3, L2 1e-4, batch 2048.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -31,6 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from pocketrec.backbones.base import Recommender
+from pocketrec.backbones.bpr import BPRBatches, binary_interactions, bpr_term
+from pocketrec.backbones.user_vectors import UserVectorConfig, UserVectorModel, user_device_tensors
 from pocketrec.tables.base import ItemTable, mask_padding_column
 from pocketrec.tables.dense import DenseTable
 
@@ -118,24 +121,6 @@ class _Graph:
         return _Graph(self.user_item.to(device), self.item_user.to(device), self.weight.to(device))
 
 
-def _binary_interactions(train: csr_matrix) -> csr_matrix:
-    """``train`` as binary CSR (sorted indices, no duplicates, no explicit zeros); checks the padding."""
-    if not hasattr(train, "tocsr"):
-        raise TypeError(f"the interactions must be a scipy.sparse matrix (csr), got {type(train).__name__}")
-    matrix = train.tocsr(copy=True).astype(np.float32)
-    matrix.sum_duplicates()
-    matrix.eliminate_zeros()
-    matrix.sort_indices()
-    matrix.data[:] = 1.0
-    if matrix.shape[0] < 2 or matrix.shape[1] < 2:
-        raise ValueError(f"the interaction matrix has shape {matrix.shape}; it must be (num_users + 1, "
-                         "num_items + 1) with at least one user and one item")
-    if matrix.indptr[1] > 0 or (matrix.nnz and matrix.indices.min() == 0):
-        raise ValueError("the interaction matrix has entries in row 0 or column 0, which are padding (user and "
-                         "item ids start at 1)")
-    return matrix
-
-
 def _csr_block(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int) -> _Block:
     """The CSR structure of entries ``(rows[e], cols[e])``, edge ``e`` (no duplicates)."""
     order = np.lexsort((cols, rows))
@@ -148,7 +133,7 @@ def _csr_block(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int)
 
 
 def _build_graph(train: csr_matrix) -> tuple[_Graph, csr_matrix]:
-    matrix = _binary_interactions(train)
+    matrix = binary_interactions(train)
     num_rows, num_cols = matrix.shape
     user_degree = np.diff(matrix.indptr)
     users = np.repeat(np.arange(num_rows, dtype=np.int64), user_degree)
@@ -453,19 +438,23 @@ class LightGCN(Recommender):
 
     def device_tensors(self, users: Sequence[int] | None = None) -> dict[str, np.ndarray]:
         """``users/vectors`` (the propagated vectors of ``users``, internal ids, float32) and the items each
-        of them has already (training + validation), as CSR ``users/seen_indptr`` / ``users/seen_items``."""
-        if users is None or len(users) == 0:
-            raise ValueError("a LightGCN artifact is for the device of given users: name at least one user")
+        of them has already (training + validation), as CSR ``users/seen_indptr`` / ``users/seen_items``
+        (:func:`~pocketrec.backbones.user_vectors.user_device_tensors`)."""
         if self._seen is None:
             raise ValueError("attach(dataset) first: the users' items come from the training data")
-        ids = np.asarray(users, dtype=np.int64)
-        if ids.min() < 1 or ids.max() > self.num_users:
-            raise ValueError(f"user ids must lie in 1..{self.num_users}")
-        vectors = self.propagated()[0][torch.from_numpy(ids)].detach().cpu().numpy().astype(np.float32)
-        seen = self._seen[ids]
-        return {"users/vectors": np.ascontiguousarray(vectors),
-                "users/seen_indptr": seen.indptr.astype(np.int64),
-                "users/seen_items": seen.indices.astype(np.int32)}
+        return user_device_tensors(self.propagated()[0], self._seen, users, self.num_users)
+
+    def to_user_vectors(self, dtype: str = "float32") -> UserVectorModel:
+        """This model as a device sees it: a :class:`~pocketrec.backbones.user_vectors.UserVectorModel` whose
+        user table holds the propagated user vectors and whose item table is :meth:`propagated_item_table`
+        (stored at ``dtype``); its scores are this model's. The users are frozen (``train_users=False``).
+        Needs the graph (:meth:`attach` or :meth:`set_graph`); an attached model passes its dataset on."""
+        users = self.propagated_user_vectors()
+        model = UserVectorModel(self.num_users, self.propagated_item_table(dtype),
+                                UserVectorConfig(dim=self.out_dim), user_vectors=users)
+        if self._attached is not None:
+            model.attach(self._attached)
+        return model.to(users.device).eval()
 
     def extra_repr(self) -> str:
         c = self.config
@@ -473,75 +462,7 @@ class LightGCN(Recommender):
                 f"combine={c.combine}, out_dim={self.out_dim}")
 
 
-# --------------------------------------------------------------------------------------------- BPR training
-
-
-class BPRBatches:
-    """BPR training triples ``(user, positive item, negative item)`` of an interaction matrix.
-
-    One epoch holds every training interaction once, in the order ``seed`` shuffles them, each with one
-    negative drawn uniformly from ``1..num_items`` among the items the user has *not* interacted with
-    (drawn vectorised; the few draws that hit a positive are redrawn in rounds, and after ``max_rounds``
-    rounds the remaining ones are drawn from the user's complement directly). Satisfies the trainer's
-    ``BatchSource`` protocol (``num_batches()``, ``batches(seed)``).
-    """
-
-    def __init__(self, train: csr_matrix, batch_size: int = 2048, max_rounds: int = 32) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        matrix = _binary_interactions(train)
-        if matrix.nnz == 0:
-            raise ValueError("the interaction matrix is empty: nothing to train on")
-        self.batch_size = int(batch_size)
-        self.max_rounds = int(max_rounds)
-        self.num_items = matrix.shape[1] - 1
-        degree = np.diff(matrix.indptr)
-        full = np.flatnonzero(degree >= self.num_items)
-        if len(full):
-            raise ValueError(f"{len(full)} user(s) (e.g. user {full[0]}) interacted with every item: no negative "
-                             "item exists for them")
-        self.users = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), degree)
-        self.items = matrix.indices.astype(np.int64)
-        self._indptr = matrix.indptr
-        # Row-major keys of the positives, sorted because rows ascend and each row's indices are sorted.
-        self._keys = self.users * (self.num_items + 1) + self.items
-
-    @property
-    def num_interactions(self) -> int:
-        return len(self.items)
-
-    def num_batches(self) -> int:
-        return -(-self.num_interactions // self.batch_size)
-
-    def is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Whether each ``(users[k], items[k])`` is a training interaction (vectorised)."""
-        keys = users * (self.num_items + 1) + items
-        at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
-        return self._keys[at] == keys
-
-    def sample_negatives(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """One uniform non-positive item per user of ``users``."""
-        negatives = rng.integers(1, self.num_items + 1, size=len(users), dtype=np.int64)
-        redo = np.flatnonzero(self.is_positive(users, negatives))
-        for _ in range(self.max_rounds):
-            if len(redo) == 0:
-                return negatives
-            negatives[redo] = rng.integers(1, self.num_items + 1, size=len(redo), dtype=np.int64)
-            redo = redo[self.is_positive(users[redo], negatives[redo])]
-        for k in redo:  # users with almost every item: draw from what is left
-            seen = self.items[self._indptr[users[k]]:self._indptr[users[k] + 1]]
-            negatives[k] = rng.choice(np.setdiff1d(np.arange(1, self.num_items + 1), seen))
-        return negatives
-
-    def batches(self, seed: int) -> Iterator[Tensor]:
-        """``(B, 3)`` LongTensors ``(user, positive, negative)``; the same seed gives the same epoch."""
-        rng = np.random.default_rng(seed)
-        order = rng.permutation(self.num_interactions)
-        for start in range(0, len(order), self.batch_size):
-            chosen = order[start:start + self.batch_size]
-            users = self.users[chosen]
-            triples = np.stack([users, self.items[chosen], self.sample_negatives(users, rng)], axis=1)
-            yield torch.from_numpy(triples)
+# --------------------------------------------------------------------------------------------- the BPR loss
 
 
 def bpr_loss(model: LightGCN, config: LightGCNConfig | None = None) -> LossFn:
@@ -558,9 +479,7 @@ def bpr_loss(model: LightGCN, config: LightGCNConfig | None = None) -> LossFn:
         users, items, ego_users, ego_items = model._propagate(dropout=model.training)
         batch = batch.to(users.device)
         u, i, j = batch[:, 0], batch[:, 1], batch[:, 2]
-        user_vectors = users[u]
-        margin = (user_vectors * items[i]).sum(-1) - (user_vectors * items[j]).sum(-1)
-        bpr = nn.functional.softplus(-margin).mean()
+        bpr = bpr_term(users[u], items[i], items[j])
         l2 = 0.5 * (ego_users[u].pow(2).sum() + ego_items[i].pow(2).sum() + ego_items[j].pow(2).sum()) / len(batch)
         l2 = config.l2 * l2
         return bpr + l2, {"bpr": float(bpr.detach()), "l2": float(l2.detach())}

@@ -45,8 +45,8 @@ from pocketrec.train.distill import DistillConfig
 from pocketrec.train.teacher import TeacherConfig, train_teacher
 from pocketrec.train.trainer import TrainConfig
 
-#: the methods of :mod:`pocketrec.methods.registry` (all of them run by default)
-METHODS = registry.method_names()
+#: the methods of :mod:`pocketrec.methods.registry` that compress session teachers (all run by default)
+METHODS = registry.method_names("session")
 #: those whose size is fixed (no budget): one row each
 FIXED_SIZE = tuple(m for m in METHODS if registry.get_method(m).fixed_size)
 #: method config keys the bench sets itself (``method_options`` may not)
@@ -72,7 +72,7 @@ class BenchConfig:
     dataset: str = "ml-100k"
     out: str = ""
     budgets: list[str] = field(default_factory=lambda: ["3%", "10%"])
-    methods: list[str] = field(default_factory=lambda: list(registry.method_names()))
+    methods: list[str] = field(default_factory=lambda: list(registry.method_names("session")))
     teacher_checkpoint: str = ""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, patience=3))

@@ -53,6 +53,8 @@ class Method:
     kind: str = "student"
     fixed_size: bool = False
     defaults: tuple[str, ...] = ()
+    #: the teachers it compresses: "session" (session encoders) or "cf" (LightGCN / user-vector models)
+    family: str = "session"
 
     def config_class(self) -> type[RecipeConfig]:
         """The config dataclass (imports the method's module)."""
@@ -77,12 +79,14 @@ class Method:
         return self.runner()(cfg, dataset)
 
 
+#: what a method compresses (its teacher's family)
+FAMILIES = ("session", "cf")
 #: method name -> :class:`Method`, in registration order (the order ``pocketrec bench`` runs them in)
 METHODS: dict[str, Method] = {}
 
 
 def register(name: str, config: str, run: str, description: str, *, kind: str = "student",
-             fixed_size: bool = False, defaults: tuple[str, ...] = ()) -> Method:
+             fixed_size: bool = False, defaults: tuple[str, ...] = (), family: str = "session") -> Method:
     """Add a method (``config``: ``"module:Class"``, ``run``: ``"module:function"``); nothing is imported."""
     if name in METHODS:
         raise ValueError(f"method {name!r} is already registered")
@@ -91,13 +95,15 @@ def register(name: str, config: str, run: str, description: str, *, kind: str = 
     for target in (config, run):
         if target.count(":") != 1:
             raise ValueError(f"{target!r} is not of the form 'module:name'")
-    METHODS[name] = method = Method(name, config, run, description, kind, fixed_size, tuple(defaults))
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    METHODS[name] = method = Method(name, config, run, description, kind, fixed_size, tuple(defaults), family)
     return method
 
 
-def method_names() -> tuple[str, ...]:
-    """The registered names, in registration order."""
-    return tuple(METHODS)
+def method_names(family: str | None = None) -> tuple[str, ...]:
+    """The registered names (of one ``family`` when given), in registration order."""
+    return tuple(name for name, m in METHODS.items() if family is None or m.family == family)
 
 
 def unknown_method_error(names: str | list[str] | tuple[str, ...], what: str = "method") -> ValueError:
@@ -132,3 +138,17 @@ register("int8", f"{_BASE}:Int8Config", f"{_BASE}:compress_quantized",
 register("int4", f"{_BASE}:Int4Config", f"{_BASE}:compress_quantized",
          "baseline: the teacher's rows quantised to 4 bits, no training (fixed size)", kind="post-hoc",
          fixed_size=True)
+
+_CF = "pocketrec.methods.cf_compress"
+register("cf-tt", f"{_CF}:CFTTConfig", f"{_CF}:compress_cf_tt",
+         "collaborative filtering (LightGCN teacher): its propagated item vectors as a TT table, fine-tuned on BPR "
+         "+ KD from the full model", family="cf")
+register("cf-codebook", f"{_CF}:CFCodebookConfig", f"{_CF}:compress_cf_codebook",
+         "collaborative filtering (LightGCN teacher): its propagated item vectors as codebooks, fine-tuned on BPR "
+         "+ KD from the full model", family="cf")
+register("cf-kmeans", f"{_CF}:CFKMeansConfig", f"{_CF}:compress_cf_kmeans",
+         "baseline, collaborative filtering: residual k-means codebooks of the propagated item vectors, no training",
+         kind="post-hoc", family="cf")
+register("cf-dense-small", f"{_CF}:CFDenseSmallConfig", f"{_CF}:compress_cf_dense_small",
+         "baseline, collaborative filtering: the teacher's backbone with a smaller d that fits, from scratch",
+         kind="scratch", family="cf")
