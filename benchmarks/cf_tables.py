@@ -46,8 +46,8 @@ from common import print_table, write_rows
 
 METHODS = ("cf-tt", "cf-codebook", "cf-kmeans", "cf-dense-small")
 TEACHER = ["backbone=lightgcn", "encoder.dim=64", "encoder.layers=3"]
-COLUMNS = ["dataset", "method", "budget", "table_bytes", "dense_table_bytes", "ratio", "Recall@20 %", "NDCG@20 %",
-           "best_epoch", "epoch_seconds"]
+COLUMNS = ["dataset", "method", "budget", "table_bytes", "artifact_bytes", "dense_table_bytes", "ratio", "Recall@20 %",
+           "NDCG@20 %", "best_epoch", "epoch_seconds"]
 
 
 def finished(run: Path) -> dict[str, Any] | None:
@@ -118,6 +118,14 @@ def row_of(data: Any, method: str, budget: str, meta: dict[str, Any], seconds: f
             "command": command, "script": script}
 
 
+def artifact_bytes(checkpoint: Path, data: Any, path: Path) -> int:
+    """Bytes of the device file of ``data``'s first user (item table, vocabulary, the user's vector and
+    items, manifest): what one phone downloads."""
+    from pocketrec.device.artifact import export_artifact
+
+    return export_artifact(checkpoint, path, users=[data.users.raw_ids[0]], data=data).nbytes
+
+
 def run_dataset(name: str, args: argparse.Namespace, script: str, log) -> list[dict[str, Any]]:
     from pocketrec.backbones.lightgcn import LightGCNConfig
     from pocketrec.data import load_interactions
@@ -134,6 +142,7 @@ def run_dataset(name: str, args: argparse.Namespace, script: str, log) -> list[d
     dense = DenseTable.bytes_for(data.num_items, LightGCNConfig(**meta["encoder"]).out_dim)  # propagated rows
     rows = [row_of(data, "lightgcn (teacher)", "1x", {**meta, "dense_table_bytes": dense, "table_bytes": dense},
                    seconds, teacher_command, script)]
+    rows[0]["artifact_bytes"] = artifact_bytes(teacher, data, root / "artifacts" / "teacher.safetensors")
     log(f"teacher: ndcg@20 {100 * meta['test']['ndcg@20']:.2f}")
     for budget in args.ratios.split(","):
         for method in args.methods.split(","):
@@ -150,6 +159,7 @@ def run_dataset(name: str, args: argparse.Namespace, script: str, log) -> list[d
             command = (f"pocketrec compress --teacher {teacher} --method {method} --budget {budget} --out {run}"
                        + "".join(f" --{o}" for o in options))
             row = row_of(data, method, budget, meta, seconds, command, script)
+            row["artifact_bytes"] = artifact_bytes(run / "best", data, root / "artifacts" / f"{run.name}.safetensors")
             log(f"{method} @ {budget}: {row['table_bytes']:,} B ({row['ratio']:.1f}x), ndcg@20 "
                 f"{100 * row['ndcg@20']:.2f}, recall@20 {100 * row['recall@20']:.2f}")
             rows.append(row)
