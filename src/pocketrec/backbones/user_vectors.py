@@ -208,16 +208,9 @@ class UserVectorModel(Recommender):
     def evaluate(self, dataset: Any, split: str, batch_size: int = 256, progress: bool = False,
                  desc: str = "eval") -> dict[str, float]:
         """Recall/NDCG/Precision@10/20/50 of ``split``, ranking every item but the user's earlier ones."""
-        from pocketrec.eval.cf_metrics import evaluate_cf
+        from pocketrec.eval.cf_metrics import evaluate_model
 
-        self.attach(dataset)
-        was_training = self.training
-        self.eval()
-        try:
-            return evaluate_cf(self.score_users, dataset.matrix(split), dataset.seen(split), user_batch=batch_size,
-                               progress=progress, desc=desc)
-        finally:
-            self.train(was_training)
+        return evaluate_model(self, dataset, split, batch_size, progress, desc)
 
     def device_tensors(self, users: Sequence[int] | None = None) -> dict[str, np.ndarray]:
         """:func:`user_device_tensors` of ``users`` (internal ids): their vectors and their items."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -148,3 +148,17 @@ def _coordinates(block: csr_matrix, device: torch.device) -> tuple[Tensor, Tenso
     """Row (within the block) and column index of every stored entry of a CSR block."""
     rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
     return (torch.from_numpy(rows).to(device), torch.from_numpy(block.indices.astype(np.int64)).to(device))
+
+
+def evaluate_model(model: Any, dataset: Any, split: str, batch_size: int = 1024, progress: bool = False,
+                   desc: str = "eval") -> dict[str, float]:
+    """:func:`evaluate_cf` of a collaborative-filtering model (``attach``, ``score_users``) on ``split`` of
+    ``dataset``, in eval mode (the model's mode is restored), ``batch_size`` users at a time."""
+    model.attach(dataset)
+    was_training = model.training
+    model.eval()
+    try:
+        return evaluate_cf(model.score_users, dataset.matrix(split), dataset.seen(split), user_batch=batch_size,
+                           progress=progress, desc=desc)
+    finally:
+        model.train(was_training)
