@@ -158,6 +158,21 @@ def test_a_session_teacher_is_refused_with_the_methods_to_use(tiny_teacher_dir, 
         device_form(session_model, data, "cf-tt")
 
 
+@pytest.mark.parametrize("method", ["odrec", "eodrec", "kmeans", "dense-small"])
+def test_a_session_method_refuses_a_lightgcn_teacher_in_one_line(method, teacher, tmp_path):
+    from typer.testing import CliRunner
+
+    from pocketrec.cli import app
+
+    path, _ = teacher
+    out = tmp_path / "student"
+    result = CliRunner().invoke(app, ["compress", "--method", method, "--teacher", str(path), "--budget", "10x",
+                                      "--out", str(out)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and text.startswith(f"error: method '{method}' compresses session teachers"), text
+    assert "use one of cf-tt, cf-codebook" in text and not out.exists()
+
+
 def test_the_cli_compresses_a_lightgcn_exports_for_a_user_and_recommends(teacher, data, tmp_path, monkeypatch):
     monkeypatch.setattr("pocketrec.data.registry.load_interactions", lambda name: data)
     runner = CliRunner()

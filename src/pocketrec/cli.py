@@ -428,7 +428,7 @@ def compress(ctx: typer.Context,
         if method not in METHODS:
             raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
         recipe = METHODS[method]
-
+        recipe.check_teacher(teacher)  # before the data is loaded: a teacher of the other family is one line
         teacher_meta = read_meta(teacher)
         name = dataset_of(teacher_meta, dataset, what=f"teacher {teacher}")
         given = [f"teacher={teacher}", f"dataset={name}", *([f"budget={budget}"] if budget else [])]

@@ -75,8 +75,22 @@ class Method:
         return load_config(cls, path, overrides, base=base)
 
     def compress(self, cfg: RecipeConfig, dataset: Any) -> tuple[Any, CompressResult]:
-        """Run the method with ``cfg`` (from :meth:`load_config`) on ``dataset``."""
+        """Run the method with ``cfg`` (from :meth:`load_config`) on ``dataset``; a teacher of the other family
+        is refused first (``ValueError`` naming the methods that fit it)."""
+        if getattr(cfg, "teacher", ""):
+            self.check_teacher(cfg.teacher)
         return self.runner()(cfg, dataset)
+
+    def check_teacher(self, teacher: str | Path) -> None:
+        """``ValueError`` unless the checkpoint ``teacher`` is of this method's family."""
+        from pocketrec.backbones.base import DEFAULT_BACKBONE
+        from pocketrec.train.checkpoint import read_meta
+
+        backbone = read_meta(teacher).get("backbone", DEFAULT_BACKBONE)
+        family = "session" if backbone == DEFAULT_BACKBONE else "cf"
+        if family != self.family:
+            raise ValueError(f"method {self.name!r} compresses {self.family} teachers, but {teacher} is a {backbone!r} "
+                             f"model: use one of {', '.join(method_names(family))}")
 
 
 #: what a method compresses (its teacher's family)
