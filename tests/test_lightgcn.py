@@ -6,8 +6,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from pocketrec.backbones.bpr import BPRBatches
 from pocketrec.backbones.lightgcn import (
-    BPRBatches,
     LightGCN,
     LightGCNConfig,
     bpr_loss,

@@ -13,8 +13,8 @@ graph: it stores the propagated item vectors (:meth:`LightGCN.propagated_item_ta
 propagated vector (:meth:`LightGCN.propagated_user_vectors`); :meth:`LightGCN.to_user_vectors` is that
 device form as a model of its own (the ``user-vectors`` backbone), which a compressed item table can replace.
 
-Training is BPR with one uniform negative per training interaction (:mod:`pocketrec.backbones.bpr`'s
-``BPRBatches``, shared with the other CF backbones; :func:`bpr_loss`), the whole graph propagated once per
+Training is BPR with one uniform negative per training interaction (:class:`~pocketrec.backbones.bpr.
+BPRBatches`, shared with the other CF backbones; :func:`bpr_loss`), the whole graph propagated once per
 batch, and LightGCN's L2 term on the batch's ego embeddings. Reference settings (``shared/METHODS.md``
 §3.8): dim 64, 3 layers, mean, Adam lr 1e-3, L2 1e-4, batch 2048.
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -31,9 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pocketrec.backbones.base import Recommender
-from pocketrec.backbones.bpr import BPRBatches, binary_interactions, bpr_term
-from pocketrec.backbones.user_vectors import UserVectorConfig, UserVectorModel, user_device_tensors
+from pocketrec.backbones.bpr import binary_interactions, bpr_term
+from pocketrec.backbones.user_vectors import InteractionRecommender, UserVectorConfig, UserVectorModel
 from pocketrec.tables.base import ItemTable, mask_padding_column
 from pocketrec.tables.dense import DenseTable
 
@@ -189,7 +188,7 @@ class _SparseProduct(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------- the model
 
 
-class LightGCN(Recommender):
+class LightGCN(InteractionRecommender):
     """LightGCN over a user-item graph: ego user embeddings plus an item table of ego item embeddings.
 
     The ``lightgcn`` backbone (:mod:`pocketrec.backbones.base`): interaction data
@@ -213,12 +212,7 @@ class LightGCN(Recommender):
     """
 
     backbone: ClassVar[str] = "lightgcn"
-    device_query: ClassVar[str] = "user-vectors"
-    selection_metric: ClassVar[str] = "ndcg@20"
     config_class: ClassVar[type] = LightGCNConfig
-    #: LightGCN's reference batch; BPR converges over hundreds of epochs, so stop on patience instead
-    train_defaults: ClassVar[dict[str, Any]] = {"batch_size": 2048, "epochs": 400, "patience": 10,
-                                                "eval_batch_size": 1024}
 
     def __init__(self, num_users: int, num_items: int, config: LightGCNConfig | None = None,
                  table: ItemTable | None = None, graph: csr_matrix | None = None) -> None:
@@ -241,8 +235,6 @@ class LightGCN(Recommender):
             self.user_embedding.weight.normal_(0.0, config.init_std)
             self.user_embedding.weight[0].zero_()
         self._graph: _Graph | None = None
-        self._seen: csr_matrix | None = None  # what a user's device excludes (set by attach)
-        self._attached: Any = None  # the dataset attach() took the graph from
         self._graph_on: dict[str, _Graph] = {}
         self._graph_version = 0
         self._cache: tuple[Any, Tensor, Tensor] | None = None
@@ -379,13 +371,6 @@ class LightGCN(Recommender):
 
     # ------------------------------------------------------------------ the backbone interface
     @classmethod
-    def load_dataset(cls, name_or_path: str) -> Any:
-        """Interaction data (:func:`pocketrec.data.registry.load_interactions`)."""
-        from pocketrec.data import registry
-
-        return registry.load_interactions(name_or_path)
-
-    @classmethod
     def build_teacher(cls, dataset: Any, config: LightGCNConfig) -> LightGCN:
         model = cls(dataset.num_users, dataset.num_items, config)
         model.attach(dataset)
@@ -396,46 +381,21 @@ class LightGCN(Recommender):
         """The model without its graph: :meth:`attach` a dataset before training or evaluating it."""
         return cls(int(meta["num_users"]), table.num_items, config, table)
 
-    def checkpoint_meta(self) -> dict[str, Any]:
-        return {"num_users": self.num_users}
-
-    def attach(self, dataset: Any) -> None:
-        """Use ``dataset``'s training interactions as the graph, and its training + validation items as
-        what each user's device excludes from its recommendations."""
-        shape = (self.num_users + 1, self.num_items + 1)
-        if tuple(dataset.train.shape) != shape:
-            raise ValueError(f"dataset {dataset.name!r} has {dataset.num_users} users and {dataset.num_items} "
-                             f"items; this model was built for {self.num_users} and {self.num_items}")
-        if self._graph is None or self._seen is None or self._attached is not dataset:
-            self.set_graph(dataset.train)
-            self._seen = dataset.seen("test")
-            self._attached = dataset
-
-    def training_batches(self, dataset: Any, batch_size: int) -> BPRBatches:
-        self.attach(dataset)
-        return BPRBatches(dataset.train, batch_size)
+    def _take(self, dataset: Any) -> None:
+        """The users' items, and ``dataset``'s training interactions as the graph."""
+        super()._take(dataset)
+        self.set_graph(dataset.train)
 
     def training_loss(self) -> LossFn:
         return bpr_loss(self)
-
-    def evaluate(self, dataset: Any, split: str, batch_size: int = 256, progress: bool = False,
-                 desc: str = "eval") -> dict[str, float]:
-        """Recall/NDCG/Precision@10/20/50 of ``split``, ranking every item but the user's earlier ones."""
-        from pocketrec.eval.cf_metrics import evaluate_model
-
-        return evaluate_model(self, dataset, split, batch_size, progress, desc)
 
     def device_table(self) -> ItemTable:
         """The propagated item vectors: a device ranks with them and never runs the graph."""
         return self.propagated_item_table()
 
-    def device_tensors(self, users: Sequence[int] | None = None) -> dict[str, np.ndarray]:
-        """``users/vectors`` (the propagated vectors of ``users``, internal ids, float32) and the items each
-        of them has already (training + validation), as CSR ``users/seen_indptr`` / ``users/seen_items``
-        (:func:`~pocketrec.backbones.user_vectors.user_device_tensors`)."""
-        if self._seen is None:
-            raise ValueError("attach(dataset) first: the users' items come from the training data")
-        return user_device_tensors(self.propagated()[0], self._seen, users, self.num_users)
+    def device_user_vectors(self) -> Tensor:
+        """The propagated user vectors (a device never runs the graph)."""
+        return self.propagated()[0]
 
     def to_user_vectors(self, dtype: str = "float32") -> UserVectorModel:
         """This model as a device sees it: a :class:`~pocketrec.backbones.user_vectors.UserVectorModel` whose

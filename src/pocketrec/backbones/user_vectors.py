@@ -84,7 +84,73 @@ def user_device_tensors(vectors: Tensor, seen: csr_matrix, users: Sequence[int] 
             SEEN_ITEMS: chosen.indices.astype(np.int32)}
 
 
-class UserVectorModel(Recommender):
+class InteractionRecommender(Recommender):
+    """What every collaborative-filtering backbone shares (LightGCN, :class:`UserVectorModel`): interaction
+    data (:func:`~pocketrec.data.registry.load_interactions`) attached to the model, BPR batches, CF full
+    ranking with each user's earlier items excluded (selection on NDCG@20), ``num_users`` in checkpoints,
+    and the device artifact of :func:`user_device_tensors`.
+
+    A subclass sets ``num_users`` and gives :meth:`device_user_vectors` (the vectors a user's device
+    queries with); one that needs more of its data than the users' items (LightGCN's graph) extends
+    :meth:`_take`.
+    """
+
+    device_query: ClassVar[str] = "user-vectors"
+    selection_metric: ClassVar[str] = "ndcg@20"
+    #: BPR's reference batch; it converges over hundreds of epochs, so stop on patience instead
+    train_defaults: ClassVar[dict[str, Any]] = {"batch_size": 2048, "epochs": 400, "patience": 10,
+                                                "eval_batch_size": 1024}
+    num_users: int
+    _seen: csr_matrix | None = None  # what a user's device excludes (set by attach)
+    _attached: Any = None  # the dataset attach() took it from
+
+    @classmethod
+    def load_dataset(cls, name_or_path: str) -> Any:
+        """Interaction data (:func:`pocketrec.data.registry.load_interactions`)."""
+        from pocketrec.data import registry
+
+        return registry.load_interactions(name_or_path)
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"num_users": self.num_users}
+
+    def attach(self, dataset: Any) -> None:
+        """Take what the model needs of ``dataset`` (its users' training + validation items, which each
+        user's device excludes); ``ValueError`` for a dataset of other users or items."""
+        shape = (self.num_users + 1, self.num_items + 1)
+        if tuple(dataset.train.shape) != shape:
+            raise ValueError(f"dataset {dataset.name!r} has {dataset.num_users} users and {dataset.num_items} "
+                             f"items; this model was built for {self.num_users} and {self.num_items}")
+        if self._attached is not dataset:
+            self._take(dataset)
+            self._attached = dataset
+
+    def _take(self, dataset: Any) -> None:
+        self._seen = dataset.seen("test")
+
+    def training_batches(self, dataset: Any, batch_size: int) -> BPRBatches:
+        self.attach(dataset)
+        return BPRBatches(dataset.train, batch_size)
+
+    def evaluate(self, dataset: Any, split: str, batch_size: int = 256, progress: bool = False,
+                 desc: str = "eval") -> dict[str, float]:
+        """Recall/NDCG/Precision@10/20/50 of ``split``, ranking every item but the user's earlier ones."""
+        from pocketrec.eval.cf_metrics import evaluate_model
+
+        return evaluate_model(self, dataset, split, batch_size, progress, desc)
+
+    def device_user_vectors(self) -> Tensor:
+        """The user vectors ``(num_users + 1, dim)`` a device queries with."""
+        raise NotImplementedError
+
+    def device_tensors(self, users: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        """:func:`user_device_tensors` of ``users`` (internal ids): their vectors and their items."""
+        if self._seen is None:
+            raise ValueError("attach(dataset) first: the users' items come from the training data")
+        return user_device_tensors(self.device_user_vectors(), self._seen, users, self.num_users)
+
+
+class UserVectorModel(InteractionRecommender):
     """A user table and an item table; ``score(u, i) = <user_u, row_i>`` (see the module docstring).
 
     ``user_vectors`` ``(num_users + 1, dim)`` (row 0, padding, is zeroed) are copied in; without them the
@@ -92,11 +158,7 @@ class UserVectorModel(Recommender):
     """
 
     backbone: ClassVar[str] = "user-vectors"
-    device_query: ClassVar[str] = "user-vectors"
-    selection_metric: ClassVar[str] = "ndcg@20"
     config_class: ClassVar[type] = UserVectorConfig
-    train_defaults: ClassVar[dict[str, Any]] = {"batch_size": 2048, "epochs": 400, "patience": 10,
-                                                "eval_batch_size": 1024}
 
     def __init__(self, num_users: int, table: ItemTable, config: UserVectorConfig | None = None,
                  user_vectors: Tensor | None = None) -> None:
@@ -122,8 +184,6 @@ class UserVectorModel(Recommender):
                 self.user_embedding.weight.copy_(user_vectors.detach().float().cpu())
             self.user_embedding.weight[0].zero_()
         self.user_embedding.weight.requires_grad_(config.train_users)
-        self._seen: csr_matrix | None = None  # what a user's device excludes (set by attach)
-        self._attached: Any = None
 
     @property
     def user_vectors(self) -> Tensor:
@@ -151,13 +211,6 @@ class UserVectorModel(Recommender):
 
     # ------------------------------------------------------------------ the backbone interface
     @classmethod
-    def load_dataset(cls, name_or_path: str) -> Any:
-        """Interaction data (:func:`pocketrec.data.registry.load_interactions`)."""
-        from pocketrec.data import registry
-
-        return registry.load_interactions(name_or_path)
-
-    @classmethod
     def build_teacher(cls, dataset: Any, config: UserVectorConfig) -> UserVectorModel:
         """BPR matrix factorisation: random users and a random dense table; the users train whatever
         ``config.train_users`` says (a model from scratch needs them)."""
@@ -170,23 +223,6 @@ class UserVectorModel(Recommender):
     def from_checkpoint(cls, config: Any, table: ItemTable, meta: dict[str, Any]) -> UserVectorModel:
         """The model without its data: :meth:`attach` a dataset before exporting it for users."""
         return cls(int(meta["num_users"]), table, config)
-
-    def checkpoint_meta(self) -> dict[str, Any]:
-        return {"num_users": self.num_users}
-
-    def attach(self, dataset: Any) -> None:
-        """Take ``dataset``'s training + validation items as what each user's device excludes."""
-        shape = (self.num_users + 1, self.num_items + 1)
-        if tuple(dataset.train.shape) != shape:
-            raise ValueError(f"dataset {dataset.name!r} has {dataset.num_users} users and {dataset.num_items} "
-                             f"items; this model was built for {self.num_users} and {self.num_items}")
-        if self._seen is None or self._attached is not dataset:
-            self._seen = dataset.seen("test")
-            self._attached = dataset
-
-    def training_batches(self, dataset: Any, batch_size: int) -> BPRBatches:
-        self.attach(dataset)
-        return BPRBatches(dataset.train, batch_size)
 
     def training_loss(self) -> LossFn:
         """BPR on the batch's user vectors and item rows, plus ``config.l2`` on them (``parts``: ``bpr``,
@@ -205,18 +241,8 @@ class UserVectorModel(Recommender):
 
         return loss_fn
 
-    def evaluate(self, dataset: Any, split: str, batch_size: int = 256, progress: bool = False,
-                 desc: str = "eval") -> dict[str, float]:
-        """Recall/NDCG/Precision@10/20/50 of ``split``, ranking every item but the user's earlier ones."""
-        from pocketrec.eval.cf_metrics import evaluate_model
-
-        return evaluate_model(self, dataset, split, batch_size, progress, desc)
-
-    def device_tensors(self, users: Sequence[int] | None = None) -> dict[str, np.ndarray]:
-        """:func:`user_device_tensors` of ``users`` (internal ids): their vectors and their items."""
-        if self._seen is None:
-            raise ValueError("attach(dataset) first: the users' items come from the training data")
-        return user_device_tensors(self.user_embedding.weight, self._seen, users, self.num_users)
+    def device_user_vectors(self) -> Tensor:
+        return self.user_embedding.weight
 
     def extra_repr(self) -> str:
         return f"num_users={self.num_users}, num_items={self.num_items}, dim={self.config.dim}, " \
