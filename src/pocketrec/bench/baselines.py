@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 from pocketrec.data.dataset import Dataset
 from pocketrec.eval.evaluate import evaluate
-from pocketrec.methods.eodrec import DEFAULT_DTYPE, codebook_table_builder
+from pocketrec.methods.eodrec import DEFAULT_DTYPE, check_codebook_layout, codebook_table_builder
 from pocketrec.methods.recipe import CompressResult, RecipeConfig, teacher_rows
 from pocketrec.models.session_encoder import SessionRecommender
 from pocketrec.search.budget import parse_budget
@@ -109,8 +109,7 @@ class KMeansConfig(RecipeConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.M < 0 or self.K < 0 or self.max_codebooks < 1:
-            raise ValueError("M and K must be >= 0 (0: chosen by the budget solver) and max_codebooks >= 1")
+        check_codebook_layout(self)
 
 
 @dataclass

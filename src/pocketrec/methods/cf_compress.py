@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from pocketrec.backbones.base import LossFn, Recommender, backbone_class
 from pocketrec.backbones.user_vectors import UserVectorConfig, UserVectorModel
 from pocketrec.config import to_dict
-from pocketrec.methods.eodrec import CODE_SOURCES, DEFAULT_DTYPE, codebook_table_builder
+from pocketrec.methods.eodrec import DEFAULT_DTYPE, check_codebook_layout, codebook_table_builder
 from pocketrec.methods.odrec import check_order, tt_table_builder
 from pocketrec.methods.recipe import CompressResult, RecipeConfig, TableBuilder
 from pocketrec.search.budget import parse_budget
@@ -295,11 +295,7 @@ class CFCodebookConfig(CFRecipeConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.codes not in CODE_SOURCES:
-            raise ValueError(f"codes must be one of {CODE_SOURCES}, got {self.codes!r}")
-        if self.M < 0 or self.K < 0 or self.max_codebooks < 1 or self.code_epochs < 0:
-            raise ValueError("M, K and code_epochs must be >= 0 (0 for M/K: chosen by the budget solver) and "
-                             "max_codebooks >= 1")
+        check_codebook_layout(self)
 
 
 @dataclass
@@ -315,6 +311,10 @@ class CFKMeansConfig(RecipeConfig):
     bitpack: bool = True
     max_codebooks: int = DEFAULT_MAX_CODEBOOKS
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_codebook_layout(self)
 
 
 @dataclass

@@ -88,11 +88,23 @@ class EODRecConfig(RecipeConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.codes not in CODE_SOURCES:
-            raise ValueError(f"codes must be one of {CODE_SOURCES}, got {self.codes!r}")
-        if self.M < 0 or self.K < 0 or self.max_codebooks < 1 or self.code_epochs < 0:
-            raise ValueError("M, K and code_epochs must be >= 0 (0 for M/K: chosen by the budget solver) and "
-                             "max_codebooks >= 1")
+        check_codebook_layout(self)
+
+
+def check_codebook_layout(cfg: Any) -> None:
+    """``ValueError`` unless a config's codebook layout keys are valid: ``M``/``K`` >= 0 (0: the budget
+    solver's), ``max_codebooks`` >= 1 and, for a config whose codes are learned (``codes``, ``code_epochs``),
+    a known code source and ``code_epochs`` >= 0. Shared by every config that builds
+    :func:`codebook_table_builder` tables (EODRec, the k-means baselines, the CF codebook student)."""
+    if not hasattr(cfg, "codes"):
+        if cfg.M < 0 or cfg.K < 0 or cfg.max_codebooks < 1:
+            raise ValueError("M and K must be >= 0 (0: chosen by the budget solver) and max_codebooks >= 1")
+        return
+    if cfg.codes not in CODE_SOURCES:
+        raise ValueError(f"codes must be one of {CODE_SOURCES}, got {cfg.codes!r}")
+    if cfg.M < 0 or cfg.K < 0 or cfg.max_codebooks < 1 or cfg.code_epochs < 0:
+        raise ValueError("M, K and code_epochs must be >= 0 (0 for M/K: chosen by the budget solver) and "
+                         "max_codebooks >= 1")
 
 
 def codebook_table_builder(M: int = 0, K: int = 0, bitpack: bool = True,
