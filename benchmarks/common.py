@@ -45,3 +45,53 @@ def last_json(stdout: str, tag: str) -> dict[str, Any] | None:
     """The JSON of the last ``TAG {json}`` line a benchmark subprocess printed, or None."""
     lines = [ln for ln in stdout.splitlines() if ln.startswith(tag + " ")]
     return json.loads(lines[-1][len(tag) + 1:]) if lines else None
+
+
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+def load_recipe(name: str, script: str) -> dict[str, Any]:
+    """The recipe ``benchmarks/recipes/NAME.yaml`` (or a path to a YAML file) for ``script``.
+
+    A recipe is a named command: ``script`` (the benchmark it is for), ``args`` (the script's own options,
+    ``--key`` without dashes) and ``overrides`` (the ``key=value`` / ``--key=value`` list passed through to
+    pocketrec's config). See docs/benchmarks.md.
+    """
+    import yaml
+
+    path = Path(name) if name.endswith((".yaml", ".yml")) else RECIPES / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
+        sys.exit(f"no recipe {name!r} (known: {known})")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    if recipe.get("script") != script:
+        sys.exit(f"recipe {name!r} is for {recipe.get('script')!r}, not {script!r}")
+    unknown = set(recipe) - {"script", "args", "overrides", "about"}
+    if unknown:
+        sys.exit(f"recipe {name!r}: unknown keys {sorted(unknown)}")
+    return recipe
+
+
+def parse_with_recipe(parser, script: str):
+    """``parser.parse_known_args()`` with ``--recipe NAME``: the recipe's ``args`` become the parser's
+    defaults (flags on the command line still win) and its ``overrides`` come before those on the command line."""
+    parser.add_argument("--recipe", help="a named recipe in benchmarks/recipes/ (flags given here win over it)")
+    first, _ = parser.parse_known_args()
+    overrides: list[str] = []
+    if first.recipe:
+        recipe = load_recipe(first.recipe, script)
+        args = {k.replace("-", "_"): v for k, v in (recipe.get("args") or {}).items()}
+        known = {a.dest for a in parser._actions}
+        if set(args) - known:
+            sys.exit(f"recipe {first.recipe!r}: {script} has no options {sorted(set(args) - known)}")
+        parser.set_defaults(**{k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in args.items()})
+        overrides = [str(o) for o in recipe.get("overrides") or []]
+    args, extra = parser.parse_known_args()
+    return args, [*overrides, *extra]
+
+
+def command_line(script: str) -> str:
+    """The command that is running, as a reader would type it (stored in result rows)."""
+    import shlex
+
+    return shlex.join(["python", f"benchmarks/{script}", *sys.argv[1:]])

@@ -20,6 +20,7 @@ every variant, so a long run keeps what it finished.
 
     python benchmarks/compress.py --method odrec --datasets tmall --teacher runs/bench/teacher-{dataset}/best
     python benchmarks/compress.py --method eodrec --quick      # tiny synthetic smoke run, writes nothing
+    python benchmarks/compress.py --recipe eodrec-tmall-d128   # a named command: benchmarks/recipes/NAME.yaml
 
 Overrides: ``--train.KEY=V``, ``--distill.KEY=V`` and the method's own keys (``--num_cores=3``, ``--M=4``...);
 ``--variants a,b`` runs a subset. Methods, their configs and runners come from :mod:`pocketrec.methods.registry`
@@ -34,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import peak_rss_mib, print_table, write_rows
+from common import command_line, parse_with_recipe, peak_rss_mib, print_table, write_rows
 
 VARIANTS = {
     "odrec": ("odrec", "odrec-t1", "odrec-no-rec", "odrec-no-kd", "odrec-no-cl", "odrec-no-pred", "dense-small"),
@@ -125,7 +126,7 @@ def main() -> None:
                         "with --distill.kd_temperature=3 (its overrides are stored in the row)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="tiny synthetic smoke run; writes no results")
-    args, overrides = parser.parse_known_args()
+    args, overrides = parse_with_recipe(parser, "compress.py")
 
     import torch
 
@@ -161,7 +162,7 @@ def main() -> None:
         for name in variants:
             print(f"== {data.name}: {name}", file=sys.stderr, flush=True)
             row = run_variant(method, name, teacher_dir, data, cfg, out, args.tag)
-            done.append(row | ({"overrides": overrides} if args.tag else {}))
+            done.append(row | ({"overrides": overrides} if args.tag else {}) | {"command": command_line("compress.py")})
             if not args.quick:  # keyed by teacher too: runs from another teacher keep their own rows
                 write_rows(method, done, merge_key=("dataset", "method", "teacher"))
         rows += done

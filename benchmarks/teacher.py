@@ -1,10 +1,11 @@
-"""Teacher benchmark: train the session teacher with the DESIGN.md protocol and print its figures.
+"""Teacher benchmark: train the session teacher with the protocol of docs/data.md and print its figures.
 
 For each dataset (one subprocess each, so peak memory is per dataset): train on the first 90% of the
 training sessions, select the epoch on the last 10%, report test Recall@20 / MRR@20 / NDCG@20 at that
 epoch, mean epoch time and the process's peak RSS. Rows go to ``benchmarks/results/teacher.json``.
 
     python benchmarks/teacher.py --datasets tmall,diginetica [--resume] [encoder.dim=128 train.lr_decay=0.1 ...]
+    python benchmarks/teacher.py --recipe teacher-d128    # a named command: benchmarks/recipes/NAME.yaml
 
 Reference points on these splits (P@20 / MRR@20, %): SR-GNN 27.57 / 13.72 (Tmall), 50.73 / 17.59
 (Diginetica); RecBole SASRec 19.8 / 10.7 and 48.5 / 16.7.
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from common import last_json, peak_rss_mib, print_table, write_rows
+from common import command_line, last_json, parse_with_recipe, peak_rss_mib, print_table, write_rows
 
 REFERENCE = {"tmall": {"SR-GNN": (27.57, 13.72), "GCE-GNN": (33.42, 15.42), "RecBole SASRec": (19.8, 10.7)},
              "diginetica": {"SR-GNN": (50.73, 17.59), "GCE-GNN": (54.22, 19.04), "RecBole SASRec": (48.5, 16.7)}}
@@ -62,7 +63,7 @@ def main() -> None:
                         help="continue each run from its last/ checkpoint (e.g. with a new lr schedule); "
                              "the epochs already run count in the row")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one dataset and print JSON
-    args, overrides = parser.parse_known_args()
+    args, overrides = parse_with_recipe(parser, "teacher.py")
     if args.one:
         print("ROW " + json.dumps(run_one(args.one, overrides, args.out, args.label, args.resume)), flush=True)
         return
@@ -74,7 +75,7 @@ def main() -> None:
         row = last_json(proc.stdout, "ROW")
         if proc.returncode or row is None:
             sys.exit(f"teacher benchmark failed on {dataset} (exit {proc.returncode})")
-        rows.append(row)
+        rows.append(row | {"command": command_line("teacher.py")})
     write_rows("teacher", rows)
     table = [{"dataset": r["dataset"], "run": r["method"], "Recall@20 %": 100 * r["recall@20"],
               "MRR@20 %": 100 * r["mrr@20"],

@@ -1,5 +1,5 @@
 """CodebookTable (EODRec compositional codes): lookups and scores against explicit sums, bytes against
-the export and METHODS §2.6, bit-packing, budgets, k-means / residual-quantisation initialisation."""
+the export and docs/methods/eodrec.md, bit-packing, budgets, k-means / residual-quantisation initialisation."""
 
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def test_nbytes_is_what_export_returns(K: int, bitpack: bool, dtype: str) -> Non
 
 
 def test_nbytes_matches_methods_formula_and_tmall_ratio() -> None:
-    # METHODS §2.6/§6: 4*M*K*d + ceil(n*M*ceil(log2 K)/8); with K = 256 uint8 codes are the same bytes.
+    # docs/methods/eodrec.md: 4*M*K*d + ceil(n*M*ceil(log2 K)/8); with K = 256 uint8 codes are the same bytes.
     n, d, M, K = 40_727, 128, 3, 256
     formula = 4 * M * K * d + math.ceil(n * M * math.ceil(math.log2(K)) / 8)
     for bitpack in (False, True):

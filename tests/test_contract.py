@@ -20,6 +20,8 @@ from pocketrec.device.artifact import export_artifact
 from pocketrec.device.runtime import load
 from pocketrec.tables.codebook import CodebookTable
 from pocketrec.tables.dense import DenseTable
+from pocketrec.tables.elastic import ElasticTable
+from pocketrec.tables.elastic_core import item_groups
 from pocketrec.tables.quantized import QuantizedTable
 from pocketrec.tables.tt import TTTable
 from pocketrec.tables.tt_order import clustered_slots
@@ -48,10 +50,17 @@ def table_of_kind(kind: str, num_items: int, seed: int = 0):
         options = {"codebook": {}, "codebook_packed": {"bitpack": True, "dtype": "float16"},
                    "codebook_int8": {"bitpack": True, "dtype": "int8"}}[kind]
         return CodebookTable.from_vectors(rows, M=3, K=16, iters=3, **options)
+    if kind.startswith("elastic"):  # popularity-like groups, a sub-architecture (group 0 keeps every block)
+        scoring, dtype = {"elastic": ("shared", "float32"), "elastic_aligned_int8": ("aligned", "int8")}[kind]
+        groups = item_groups(np.arange(num_items + 1)[::-1].copy(), 4)
+        table = ElasticTable.from_rows(rows, 4, groups, 4, scoring=scoring, dtype=dtype)
+        table.set_architecture([[1, 1, 1, 1], [1, 0, 1, 1], [0, 1, 0, 1], [0, 0, 1, 0]])
+        return table
     return QuantizedTable.from_rows(rows, bits=int(kind[3:]))
 
 
-KINDS = ["dense", "tt", "tt_ordered", "codebook", "codebook_packed", "codebook_int8", "int8", "int4"]
+KINDS = ["dense", "tt", "tt_ordered", "codebook", "codebook_packed", "codebook_int8", "int8", "int4", "elastic",
+         "elastic_aligned_int8"]
 
 
 def build(backbone: str, kind: str, data):

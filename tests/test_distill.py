@@ -1,4 +1,4 @@
-"""The distillation loss and the hot/cold recombination (OD-Rec §1.4) on synthetic data."""
+"""The distillation loss and the hot/cold recombination (OD-Rec, docs/methods/odrec.md) on synthetic data."""
 
 import numpy as np
 import pytest

@@ -22,6 +22,8 @@ from pocketrec.formats.bitpack import pack_codes  # noqa: E402
 from pocketrec.models.session_encoder import EncoderConfig, SessionRecommender  # noqa: E402
 from pocketrec.tables.codebook import CodebookTable  # noqa: E402
 from pocketrec.tables.dense import DenseTable  # noqa: E402
+from pocketrec.tables.elastic import ElasticTable  # noqa: E402
+from pocketrec.tables.elastic_core import item_groups  # noqa: E402
 from pocketrec.tables.quantized import QuantizedTable  # noqa: E402
 from pocketrec.tables.tt import TTTable  # noqa: E402
 from pocketrec.tables.tt_order import clustered_slots  # noqa: E402
@@ -49,6 +51,17 @@ def _tt(w: torch.Tensor, ordered: bool = False, dtype: str = "float32") -> TTTab
     return table
 
 
+def _elastic(w: torch.Tensor, scoring: str, dtype: str) -> ElasticTable:
+    """8 popularity-like groups of 8 blocks: the most popular keep all, the least popular one (not a prefix)."""
+    groups = item_groups(np.arange(NUM_ITEMS + 1)[::-1].copy(), 8)
+    table = ElasticTable.from_rows(w, 8, groups, 8, scoring=scoring, dtype=dtype)
+    mask = np.zeros((8, 8), dtype=bool)
+    for g in range(8):
+        mask[g, np.random.default_rng(g).permutation(8)[:8 - g]] = True
+    table.set_architecture(mask)
+    return table
+
+
 #: One table per stored layout, fitted to the same random "teacher" rows.
 TABLES = {
     "dense": lambda w: DenseTable.from_export({"weight": w.numpy()}, {"num_items": NUM_ITEMS, "dim": DIM}),
@@ -63,6 +76,8 @@ TABLES = {
     "codebook_bitpacked": lambda w: CodebookTable.from_vectors(w, M=8, K=32, iters=3, bitpack=True),
     "codebook_float16": lambda w: CodebookTable.from_vectors(w, M=8, K=64, iters=3, bitpack=True, dtype="float16"),
     "codebook_int8": lambda w: CodebookTable.from_vectors(w, M=8, K=256, iters=3, bitpack=True, dtype="int8"),
+    "elastic_shared_float16": lambda w: _elastic(w, "shared", "float16"),
+    "elastic_aligned_int8": lambda w: _elastic(w, "aligned", "int8"),
 }
 
 

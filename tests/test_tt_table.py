@@ -59,7 +59,7 @@ def test_forward_matches_kronecker_reference(config: Config) -> None:
 
 
 def test_two_core_explicit_formula() -> None:
-    """METHODS §1.3: e[j1·J2 + k·t + s] = Σ_p G1[i1, j1, p·t + s] · G2[p, i2, k], i1 = id // I2."""
+    """docs/methods/odrec.md: e[j1·J2 + k·t + s] = Σ_p G1[i1, j1, p·t + s] · G2[p, i2, k], i1 = id // I2."""
     table = make(37, (4, 4), 6, 2, item_factors=[5, 9])
     g1 = table.cores[0].detach()[0]  # (I1, J1, R)
     g2 = table.cores[1].detach()[..., 0]  # (R/t, I2, J2/t)
@@ -252,7 +252,7 @@ def test_for_budget_picks_largest_rank(num_cores: int) -> None:
 
 
 def test_for_budget_with_explicit_factors() -> None:
-    """The code's default Tmall student (METHODS: 191,160 params, 747 KB) is what that budget buys."""
+    """The code's default Tmall student (191,160 params, 747 KB in OD-Rec's code) is what that budget buys."""
     kw = {"t": 2, "item_factors": [169, 241], "dim_factors": [16, 8]}
     table = TTTable.for_budget(40_727, 128, 764_640, **kw)
     assert (table.item_factors, table.rank, table.nbytes()) == ([169, 241], 60, 764_640)

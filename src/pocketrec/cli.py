@@ -28,6 +28,59 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+NPROC_HELP = ("worker processes on this machine: data-parallel training on torch.distributed, launched through "
+              "torch's launcher (several machines: torchrun ... -m pocketrec; see docs/distributed.md)")
+TIMEOUT_HELP = "seconds a worker waits for its peers before failing the job (default 600)"
+
+
+def _worker_argv(command: str) -> list[str]:
+    """This command line without ``--nproc``: what each launched worker runs."""
+    argv = sys.argv[1:]
+    if command not in argv:
+        raise ValueError(f"--nproc needs the command line of `pocketrec {command}` (sys.argv holds {argv})")
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def _launch(command: str, nproc: int, timeout: float | None) -> None:
+    """Run this command in ``nproc`` local workers; a worker's failure is this command's error."""
+    from pocketrec.train.distributed import LaunchError, launch_local
+
+    try:
+        launch_local(nproc, _worker_argv(command), timeout)
+    except LaunchError as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+#: this process's rank in a launched job (0 outside one): only rank 0 prints
+_RANK = {"rank": 0}
+
+
+def _join_workers(timeout: float | None) -> bool:
+    """Inside a launched worker (``WORLD_SIZE`` > 1): start the process group; returns whether it did."""
+    from pocketrec.train import distributed
+
+    if not distributed.launched():
+        return False
+    started = distributed.init(timeout_s=timeout)
+    _RANK["rank"] = distributed.rank()
+    return started
+
+
+def _say(message: str) -> None:
+    """Print on rank 0 only (every rank of a distributed run executes the command)."""
+    if _RANK["rank"] == 0:
+        console.print(message)
+
+
 def user_errors():
     """The exception types that mean 'bad input', shown as one line instead of a traceback."""
     from pocketrec.config import ConfigError
@@ -47,32 +100,47 @@ def train(ctx: typer.Context,
           resume: bool = typer.Option(False, help="continue the run in OUT (from OUT/last)"),
           overwrite: bool = typer.Option(False, help="replace the run in OUT (kept until the new run's first "
                                                      "checkpoint)"),
-          quiet: bool = typer.Option(False, help="no progress bars")) -> None:
+          quiet: bool = typer.Option(False, help="no progress bars"),
+          nproc: int = typer.Option(1, "--nproc", help=NPROC_HELP),
+          dist_timeout: float | None = typer.Option(None, "--dist-timeout", help=TIMEOUT_HELP)) -> None:
     """Train a teacher (a backbone + dense item table) and keep its best-on-validation checkpoint.
 
     Example: pocketrec train --dataset tmall --encoder.dim=128 --train.epochs=30;
     pocketrec train --backbone lightgcn --dataset ml-100k --encoder.layers=3. `--encoder.KEY=V` sets the
-    backbone's own config.
+    backbone's own config. --nproc 2: two data-parallel workers, the same global batch and results.
     """
     from pocketrec.backbones.base import backbone_class
     from pocketrec.eval.metrics import format_metrics
+    from pocketrec.train import distributed
     from pocketrec.train.teacher import final_test_metrics, load_teacher_config, train_teacher
     from pocketrec.train.trainer import check_run_folder
 
+    worker = False
     try:
         given = [f"dataset={dataset}", *([f"backbone={backbone}"] if backbone else [])]
         cfg = load_teacher_config(config, [*ctx.args, *given])
         cfg.out = str(out or Path("runs") / f"teacher-{Path(dataset).stem}")
-        check_run_folder(cfg.out, resume=resume, overwrite=overwrite)
+        if nproc < 1:
+            raise ValueError(f"--nproc must be >= 1, got {nproc}")
+        if nproc > 1 and not distributed.launched():
+            check_run_folder(cfg.out, resume=resume, overwrite=overwrite)
+            _launch("train", nproc, dist_timeout)
+            return
+        worker = _join_workers(dist_timeout)
+        distributed.on_main(lambda: check_run_folder(cfg.out, resume=resume, overwrite=overwrite))
         if quiet:
             cfg.train.progress = False
         data = backbone_class(cfg.backbone).load_dataset(cfg.dataset)
-        console.print(f"{data.name}: {data.num_items:,} items ({data.protocol} protocol)")
+        _say(f"{data.name}: {data.num_items:,} items ({data.protocol} protocol)"
+             + (f"; {distributed.world_size()} workers" if worker else ""))
         _, result = train_teacher(data, cfg, resume=resume)
     except user_errors() as err:
         fail(str(err))
-    console.print(f"best epoch {result.best_epoch + 1}; test {format_metrics(final_test_metrics(result))}")
-    console.print(f"checkpoint: {Path(cfg.out) / 'best'}")
+    finally:
+        if worker:
+            distributed.shutdown()
+    _say(f"best epoch {result.best_epoch + 1}; test {format_metrics(final_test_metrics(result))}")
+    _say(f"checkpoint: {Path(cfg.out) / 'best'}")
 
 
 @app.command()
@@ -167,23 +235,31 @@ def bench(ctx: typer.Context,
           dataset: str = typer.Option("ml-100k", help="dataset name or path"),
           budgets: str = typer.Option("3%,10%", help="comma-separated item-table budgets: '3%', '30x', '200KB'"),
           methods: str | None = typer.Option(None, help="comma-separated subset of: "
-                                                        f"{', '.join(_method_names())} (default: all)"),
+                                                        f"{', '.join(_method_names())} (default: every method of "
+                                                        "--family)"),
           teacher: Path | None = typer.Option(None, help="use this teacher checkpoint instead of training one"),
           out: Path | None = typer.Option(None, help="bench folder (default runs/bench-DATASET); finished "
                                                      "models in it are reused"),
           config: Path | None = typer.Option(None, help="YAML with BenchConfig keys (teacher:, student:, ...)"),
+          family: str | None = typer.Option(None, help="session (default: a session teacher and its methods) or "
+                                                       "cf (a LightGCN teacher, the collaborative-filtering methods "
+                                                       "and RULE, on user-item data)"),
           quiet: bool = typer.Option(False, help="no progress bars")) -> None:
     """Build every method at every budget, evaluate, time on device, and write a report with plots.
 
     Example: pocketrec bench --dataset tmall --budgets 3%,10% --teacher runs/teacher-tmall/best
     --student.epochs=3. Overrides as --key=value (see pocketrec.bench.runner.BenchConfig).
 
+    --family cf runs the collaborative-filtering family on user-item data (pocketrec.bench.cf_runner): a LightGCN
+    teacher, cf-tt, cf-codebook, the cf baselines and RULE (trained once, customised per budget), each exported
+    as one user's device file, e.g. pocketrec bench --dataset ml-100k --family cf --budgets 2%,5%,10%
+    (default folder runs/bench-DATASET-cf).
+
     A method's own options (those of `pocketrec compress --method M`) go as METHOD.KEY=VALUE entries of
     --method_options, e.g. --method_options=eodrec.dtype=int8,eodrec.max_codebooks=64,tt.train.epochs=5
     (or a method_options: list in the YAML); a method run with options gets its own folder in OUT.
     """
-    from pocketrec.bench.runner import BenchConfig
-    from pocketrec.config import load_config
+    from pocketrec.bench.cf_runner import bench_cf, cf_markdown, load_bench_config
 
     try:
         given = [f"dataset={dataset}", f"budgets={budgets}"]
@@ -193,8 +269,16 @@ def bench(ctx: typer.Context,
             given.append(f"teacher_checkpoint={teacher}")
         if out:
             given.append(f"out={out}")
-        cfg = load_config(BenchConfig, config, [*ctx.args, *given])
-        _run_bench(cfg, "", _command_line(), quiet)
+        if family:
+            given.append(f"family={family}")
+        cfg = load_bench_config(config, [*ctx.args, *given])
+        if cfg.family == "cf":
+            rows, md, page = bench_cf(cfg, _command_line(), quiet,
+                                      log=lambda line: console.print(f"[dim]bench[/dim] {escape(line)}"))
+            print(cf_markdown(rows))
+            console.print(f"report: {md} and {page}")
+        else:
+            _run_bench(cfg, "", _command_line(), quiet)
     except user_errors() as err:
         fail(str(err))
 
@@ -257,6 +341,31 @@ def _demo_cf(dataset: str, out: Path, quiet: bool, titles: dict[str, str]) -> No
                   + "; ".join(titles.get(i, i) for i in row["history"][:3]))
     for rank, (item, score) in enumerate(zip(row["items"], row["scores"], strict=True), 1):
         console.print(f"  {rank:2d}. {titles.get(item, item)}  ({score:.3f})")
+    _demo_rule(dataset, out, quiet, titles)
+
+
+def _demo_rule(dataset: str, out: Path, quiet: bool, titles: dict[str, str]) -> None:
+    """RULE in the demo: trained once, one device file per budget (:func:`pocketrec.bench.cf_demo.run_rule_demo`)."""
+    from pocketrec.bench.cf_demo import run_rule_demo
+    from pocketrec.device.runtime import load
+
+    console.print("\n[bold]RULE[/bold]: one elastic model, a device file for any budget without retraining")
+    try:
+        result = run_rule_demo(dataset, out, log=lambda line: console.print(f"[dim]rule[/dim] {line}"), quiet=quiet)
+    except user_errors() as err:
+        fail(str(err))
+    table = Table(title=f"RULE on {dataset}: one training ({result['train_seconds']:.0f} s), then per budget")
+    for column in ("budget", "table bytes", "file bytes", "blocks", "dtype", "test R@20", "test NDCG@20", "seconds"):
+        table.add_column(column)
+    for row in result["rows"]:
+        table.add_row(row["budget"], f"{row['table_bytes']:,}", f"{row['artifact_bytes']:,}", str(row["blocks"]),
+                      row["dtype"], f"{100 * row['test']['recall@20']:.2f}", f"{100 * row['test']['ndcg@20']:.2f}",
+                      f"{row['seconds']:.2f}")
+    console.print(table)
+    smallest = result["rows"][0]
+    items, _ = load(smallest["artifact"]).recommend_user(result["user"], k=5)
+    console.print(f"user {result['user']} on the {smallest['budget']} file ({smallest['artifact_bytes']:,} B): "
+                  + "; ".join(titles.get(i, i) for i in items))
 
 
 def _demo_recommendation(data, rows) -> dict[str, str]:
@@ -404,7 +513,9 @@ def compress(ctx: typer.Context,
              config: Path | None = typer.Option(None, help="YAML file with distill:/train: sections"),
              overwrite: bool = typer.Option(False, help="replace the run in OUT (kept until the new run's "
                                                         "first checkpoint)"),
-             quiet: bool = typer.Option(False, help="no progress bars")) -> None:
+             quiet: bool = typer.Option(False, help="no progress bars"),
+             nproc: int = typer.Option(1, "--nproc", help=NPROC_HELP),
+             dist_timeout: float | None = typer.Option(None, "--dist-timeout", help=TIMEOUT_HELP)) -> None:
     """Compress a teacher into a small student that fits a byte budget for its item table.
 
     Example: pocketrec compress --method odrec --teacher runs/teacher-tmall/best --budget 3% --train.epochs=10
@@ -420,10 +531,12 @@ def compress(ctx: typer.Context,
     from pocketrec.eval.metrics import format_metrics
     from pocketrec.methods.registry import METHODS
     from pocketrec.search.budget import format_bytes
+    from pocketrec.train import distributed
     from pocketrec.train.checkpoint import read_meta
     from pocketrec.train.compat import dataset_of, load_dataset_of
     from pocketrec.train.trainer import check_run_folder
 
+    worker = False
     try:
         if method not in METHODS:
             raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -435,18 +548,209 @@ def compress(ctx: typer.Context,
         cfg = recipe.load_config(config, [*ctx.args, *given])
         cfg.out = str(out or cfg.out or Path("runs") / f"{method}-{Path(str(name)).stem}-"
                                                        f"{cfg.budget.replace('%', 'pct')}")
-        check_run_folder(cfg.out, overwrite=overwrite)
+        if nproc < 1:
+            raise ValueError(f"--nproc must be >= 1, got {nproc}")
+        if nproc > 1 and not distributed.launched():
+            check_run_folder(cfg.out, overwrite=overwrite)
+            _launch("compress", nproc, dist_timeout)
+            return
+        worker = _join_workers(dist_timeout)
+        distributed.on_main(lambda: check_run_folder(cfg.out, overwrite=overwrite))
         if quiet and hasattr(cfg, "train"):
             cfg.train.progress = False
         data = load_dataset_of(teacher_meta, dataset, what=f"teacher {teacher}")
-        console.print(f"{data.name}: {data.num_items:,} items; teacher {teacher}; "
-                      f"budget {'fixed' if recipe.fixed_size else cfg.budget}")
+        _say(f"{data.name}: {data.num_items:,} items; teacher {teacher}; "
+             f"budget {'fixed' if recipe.fixed_size else cfg.budget}"
+             + (f"; {distributed.world_size()} workers" if worker else ""))
         student, result = recipe.compress(cfg, data)
     except user_errors() as err:
         fail(str(err))
-    console.print(f"student table {student.table.describe()}")
-    console.print(f"{format_bytes(result.table_bytes)} vs dense {format_bytes(result.dense_table_bytes)} "
-                  f"({result.ratio:.1f}x smaller)")
+    finally:
+        if worker:
+            distributed.shutdown()
+    _say(f"student table {student.table.describe()}")
+    _say(f"{format_bytes(result.table_bytes)} vs dense {format_bytes(result.dense_table_bytes)} "
+         f"({result.ratio:.1f}x smaller)")
     trained = f"best epoch {result.fit.best_epoch + 1}" if result.fit is not None else "no training (post-hoc)"
-    console.print(f"{trained}; test {format_metrics(result.test)}")
-    console.print(f"checkpoint: {Path(cfg.out) / 'best'}")
+    _say(f"{trained}; test {format_metrics(result.test)}")
+    _say(f"checkpoint: {Path(cfg.out) / 'best'}")
+
+
+@app.command()
+def customize(checkpoint: Path = typer.Argument(..., help="a RULE run (runs/rule-ml-100k or its best/ folder)"),
+              budget: str | None = typer.Option(None, help="item-table budget of the device: '5%' or '20x' of the "
+                                                           "dense table, '40KB', or bytes"),
+              budgets: str | None = typer.Option(None, help="several budgets, comma-separated (one artifact each, "
+                                                            "OUT is then a folder)"),
+              out: Path = typer.Option(..., "-o", "--out", help="device file (.safetensors); a folder with --budgets"),
+              dtype: str = typer.Option("auto", help="stored precision of the blocks: float32, float16, int8, or "
+                                                     "auto (the best on validation)"),
+              strategy: str = typer.Option("evolution", help="evolution (RULE's search), or the baselines random, "
+                                                             "uniform, popularity"),
+              arch: Path | None = typer.Option(None, help="use this architecture (JSON groups x blocks of 0/1) "
+                                                          "instead of searching"),
+              user: str | None = typer.Option(None, "--user", help="add these users' vectors and items to the file "
+                                                                   "(raw ids, comma-separated, or 'all'); default: "
+                                                                   "the item table alone"),
+              report: Path | None = typer.Option(None, help="write the chosen architectures and their figures "
+                                                            "as JSON (default with --budgets: OUT/report.json)"),
+              resizable: bool = typer.Option(False, help="store the block priority (2 bytes per group and block, "
+                                                         "counted in the budget) so that the device can shrink "
+                                                         "the file itself (pocketrec resize)"),
+              sign_key: Path | None = typer.Option(None, "--sign-key", help="sign the artifacts with the key in "
+                                                                            "this file (default: "
+                                                                            "$POCKETREC_SIGNING_KEY when set)"),
+              ) -> None:
+    """Fit a trained RULE model to device budgets without retraining: search, then write the device file.
+
+    Example: pocketrec customize runs/rule-ml-100k --budget 5% -o device.safetensors;
+    pocketrec customize runs/rule-ml-100k --budgets 1%,2%,5%,10%,25% -o devices/ (one file per budget, a
+    report.json and a curve.png of validation Recall@20 against bytes).
+    """
+    import time
+
+    from pocketrec.device.artifact import check_target
+    from pocketrec.device.signing import key_from_env, read_key
+    from pocketrec.methods.customize import Customizer, read_architecture
+    from pocketrec.search.budget import format_bytes
+
+    start = time.perf_counter()
+    try:
+        if (budget is None) == (budgets is None):
+            raise ValueError("give --budget B (one file) or --budgets B1,B2,... (a folder of files)")
+        wanted = [budget] if budget is not None else [b.strip() for b in str(budgets).split(",") if b.strip()]
+        if not wanted:
+            raise ValueError("--budgets is empty")
+        if budgets is not None:
+            if out.exists() and not out.is_dir():
+                raise ValueError(f"{out} is a file; with --budgets OUT is a folder")
+            targets = [out / f"rule-{b.replace('%', 'pct')}.safetensors" for b in wanted]
+            report = report or out / "report.json"
+        else:
+            targets = [out]
+        for target in targets:
+            check_target(target)
+        mask = read_architecture(arch) if arch is not None else None
+        key = read_key(sign_key) if sign_key is not None else key_from_env()
+        users = [u.strip() for u in user.split(",") if u.strip()] if user else None
+        customizer = Customizer(checkpoint, resizable=resizable)
+        loaded = time.perf_counter() - start
+        choices = [customizer.choose(b, strategy=strategy, dtype=dtype, mask=mask) for b in wanted]
+        if budgets is not None:
+            out.mkdir(parents=True, exist_ok=True)
+        for choice, target in zip(choices, targets, strict=True):
+            written_start = time.perf_counter()
+            customizer.write(choice, target, users=users, key=key)
+            choice.seconds += time.perf_counter() - written_start
+    except user_errors() as err:
+        fail(str(err))
+    estimator = customizer.estimator_report
+    console.print(f"loaded {customizer.checkpoint} in {loaded:.2f} s (estimator: {estimator['archs']} labelled "
+                  f"architectures, Kendall tau {estimator['kendall_tau']})")
+    table = Table(title="customized device files")
+    for column in ("budget", "table bytes", "file bytes", "blocks", "dtype", "valid R@20", "seconds", "file"):
+        table.add_column(column)
+    for c in choices:
+        table.add_row(c.budget, f"{c.table_bytes:,}", f"{c.artifact_bytes:,}", str(int(c.mask.sum())), c.dtype,
+                      f"{c.verified:.4f}" if c.verified is not None else "-", f"{c.seconds:.2f}", str(c.artifact))
+    console.print(table)
+    console.print(f"dense table: {format_bytes(customizer.dense_bytes)}; {len(choices)} file(s) in "
+                  f"{time.perf_counter() - start:.2f} s")
+    if report is not None:
+        from pocketrec.methods.customize import write_report
+
+        write_report(report, customizer, choices)
+        console.print(f"report: {report}")
+
+
+# ------------------------------------------------------------------ dynamic budgets (elastic artifacts)
+
+
+def _absolute_budget(text: str) -> int:
+    """Bytes of an absolute budget ('40KB', '1.5MB', '48000'); '%' and 'x' need the dense table's size, which
+    an artifact does not record."""
+    from pocketrec.search.budget import parse_budget
+
+    if str(text).strip().lower().endswith(("%", "x")):
+        raise ValueError(f"--budget {text!r}: resize takes an item-table size in bytes, KB or MB ('40KB', "
+                         "'1.5MB', '48000'); a percentage or ratio needs the dense table's size, which an "
+                         "artifact does not record")
+    return parse_budget(text)
+
+
+@app.command()
+def resize(artifact: Path = typer.Argument(..., help="elastic device artifact (.safetensors) with a block priority"),
+           out: Path = typer.Option(..., "-o", "--out", help="the resized artifact (written atomically)"),
+           budget: str | None = typer.Option(None, help="new item-table budget: bytes, '40KB', '1.5MB' (not % or "
+                                                        "x); with --delta it must be the delta's target bytes"),
+           delta: Path | None = typer.Option(None, "--delta", help="grow with this delta (`pocketrec delta`) "
+                                                                   "instead of shrinking"),
+           in_place: bool = typer.Option(False, "--in-place", help="allow OUT to be ARTIFACT (replaced "
+                                                                   "atomically)"),
+           sign_key: Path | None = typer.Option(None, "--sign-key", help="sign the result with the key in this "
+                                                                         "file (a resized artifact is otherwise "
+                                                                         "unsigned, unless the delta carries the "
+                                                                         "target's signature)")) -> None:
+    """Change an elastic (RULE/PEEL) artifact's budget on the device, numpy only, no server.
+
+    Shrink: pocketrec resize big.safetensors --budget 40KB -o small.safetensors drops the lowest-priority
+    blocks (the file is then the one built directly for 40KB). Grow: pocketrec resize small.safetensors
+    --delta d.safetensors -o big.safetensors adds the blocks of a delta made by `pocketrec delta BIG SMALL`
+    (refused unless it was made for this artifact). Budgets are item-table bytes.
+    """
+    from pocketrec.device.runtime import ArtifactError, load
+    from pocketrec.device.signing import read_key
+
+    try:
+        if delta is None and budget is None:
+            raise ValueError("give --budget B to shrink, or --delta FILE to grow")
+        if out.resolve() == artifact.resolve() and not in_place:
+            raise ValueError(f"OUT is ARTIFACT ({out}): write elsewhere, or pass --in-place to replace it")
+        if out.is_dir():
+            raise ValueError(f"{out} is a directory; give the output file's name")
+        wanted = _absolute_budget(budget) if budget is not None else None
+        key = read_key(sign_key) if sign_key is not None else None
+        model = load(artifact)
+        before = model.table_bytes
+        if delta is None:
+            after = model.shrink(wanted)
+        else:
+            from pocketrec.device.np_resize import Delta
+
+            changes = Delta.load(delta)
+            if wanted is not None and wanted != changes.target_table_bytes:
+                raise ValueError(f"--budget {budget} ({wanted:,} B) is not the delta's target "
+                                 f"({changes.target_table_bytes:,} B of table); drop --budget to just apply it")
+            after = model.grow(changes)
+        written = model.save(out, key=key)
+    except (*user_errors(), ArtifactError, OSError) as err:
+        fail(str(err))
+    signed = "signed" if "signature" in model.manifest or key is not None else "unsigned"
+    console.print(f"{'shrank' if delta is None else 'grew'} the item table {before:,} -> {after:,} B; wrote "
+                  f"{written} ({written.nbytes:,} bytes, {signed})")
+
+
+@app.command("delta")
+def delta_command(big: Path = typer.Argument(..., help="the larger elastic artifact"),
+                  small: Path = typer.Argument(..., help="the smaller one (BIG with blocks dropped, e.g. by "
+                                                         "`pocketrec resize`)"),
+                  out: Path = typer.Option(..., "-o", "--out", help="the delta file (.safetensors)")) -> None:
+    """Make the delta that grows SMALL into BIG: only the blocks SMALL lacks, checksummed (server side).
+
+    Example: pocketrec delta big.safetensors small.safetensors -o grow.safetensors; on the device:
+    pocketrec resize small.safetensors --delta grow.safetensors -o big.safetensors.
+    """
+    from pocketrec.device.np_resize import make_delta
+    from pocketrec.device.runtime import ArtifactError
+
+    try:
+        if out.resolve() in (big.resolve(), small.resolve()):
+            raise ValueError(f"OUT ({out}) would overwrite an input artifact")
+        if out.is_dir():
+            raise ValueError(f"{out} is a directory; give the delta file's name")
+        made = make_delta(big, small)
+        written = made.save(out)
+    except (*user_errors(), ArtifactError, OSError) as err:
+        fail(str(err))
+    console.print(f"wrote {written} ({written.nbytes:,} bytes: {made.nbytes:,} B of blocks, target table "
+                  f"{made.target_table_bytes:,} B)")

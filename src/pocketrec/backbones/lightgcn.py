@@ -15,8 +15,8 @@ device form as a model of its own (the ``user-vectors`` backbone), which a compr
 
 Training is BPR with one uniform negative per training interaction (:class:`~pocketrec.backbones.bpr.
 BPRBatches`, shared with the other CF backbones; :func:`bpr_loss`), the whole graph propagated once per
-batch, and LightGCN's L2 term on the batch's ego embeddings. Reference settings (``shared/METHODS.md``
-§3.8): dim 64, 3 layers, mean, Adam lr 1e-3, L2 1e-4, batch 2048.
+batch, and LightGCN's L2 term on the batch's ego embeddings. Reference settings (the LightGCN
+paper's, docs/methods/teachers.md): dim 64, 3 layers, mean, Adam lr 1e-3, L2 1e-4, batch 2048.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from pocketrec.backbones.bpr import binary_interactions, bpr_term
 from pocketrec.backbones.user_vectors import InteractionRecommender, UserVectorConfig, UserVectorModel
 from pocketrec.tables.base import ItemTable, mask_padding_column
 from pocketrec.tables.dense import DenseTable
+from pocketrec.train.distributed import is_distributed, shard_weights
 
 if TYPE_CHECKING:
     from scipy.sparse import csr_matrix
@@ -435,6 +436,9 @@ def bpr_loss(model: LightGCN, config: LightGCNConfig | None = None) -> LossFn:
         bpr = bpr_term(users[u], items[i], items[j])
         l2 = 0.5 * (ego_users[u].pow(2).sum() + ego_items[i].pow(2).sum() + ego_items[j].pow(2).sum()) / len(batch)
         l2 = config.l2 * l2
+        if is_distributed():  # means over this rank's slice, weighted for DDP's average (torch.distributed)
+            weight = shard_weights(len(batch))[0]
+            bpr, l2 = bpr * weight, l2 * weight
         return bpr + l2, {"bpr": float(bpr.detach()), "l2": float(l2.detach())}
 
     return loss_fn

@@ -39,6 +39,7 @@ from pocketrec.backbones.bpr import BPRBatches, bpr_term
 from pocketrec.device.np_users import SEEN_INDPTR, SEEN_ITEMS, VECTORS
 from pocketrec.tables.base import ItemTable
 from pocketrec.tables.dense import DenseTable
+from pocketrec.train.distributed import is_distributed, shard_weights
 
 if TYPE_CHECKING:
     from scipy.sparse import csr_matrix
@@ -70,12 +71,12 @@ def user_device_tensors(vectors: Tensor, seen: csr_matrix, users: Sequence[int] 
                         num_users: int) -> dict[str, np.ndarray]:
     """The query side of a collaborative-filtering artifact (:mod:`pocketrec.device.np_users`): the vectors
     ``(U, D)`` float32 of ``users`` (internal ids, rows of ``vectors``) and, as CSR, the items each already
-    has (their rows of ``seen``, the training + validation interactions)."""
-    if users is None or len(users) == 0:
-        raise ValueError("a collaborative-filtering artifact is for the device of given users: name at least one "
-                         "user")
+    has (their rows of ``seen``, the training + validation interactions). No users (``[]``): ``U = 0``."""
+    if users is None:
+        raise ValueError("a collaborative-filtering artifact is for the device of given users: name them (an "
+                         "empty list: the item table alone)")
     ids = np.asarray(users, dtype=np.int64)
-    if ids.min() < 1 or ids.max() > num_users:
+    if len(ids) and (ids.min() < 1 or ids.max() > num_users):
         raise ValueError(f"user ids must lie in 1..{num_users}")
     rows = vectors.detach()[torch.from_numpy(ids).to(vectors.device)]
     chosen = seen[ids]
@@ -234,9 +235,14 @@ class UserVectorModel(InteractionRecommender):
             batch = batch.to(weight.device)
             users, positives, negatives = weight[batch[:, 0]], self.table(batch[:, 1]), self.table(batch[:, 2])
             bpr = bpr_term(users, positives, negatives)
+            weight = shard_weights(len(batch))[0] if is_distributed() else None  # torch.distributed: see fit
+            if weight is not None:
+                bpr = bpr * weight
             if not l2_weight:
                 return bpr, {"bpr": float(bpr.detach()), "l2": 0.0}
             l2 = l2_weight * 0.5 * (users.pow(2).sum() + positives.pow(2).sum() + negatives.pow(2).sum()) / len(batch)
+            if weight is not None:
+                l2 = l2 * weight
             return bpr + l2, {"bpr": float(bpr.detach()), "l2": float(l2.detach())}
 
         return loss_fn

@@ -36,6 +36,7 @@ from pocketrec.tables.dense import DenseTable
 from pocketrec.tables.quantized import QuantizedTable
 from pocketrec.train.checkpoint import copy_weights, load_checkpoint, save_checkpoint
 from pocketrec.train.compat import check_compatible
+from pocketrec.train.distributed import is_main
 from pocketrec.train.run import dataset_meta, run_training
 from pocketrec.train.trainer import FitResult, TrainConfig, seed_everything
 
@@ -80,7 +81,7 @@ def post_hoc_model(kind: str, teacher: SessionRecommender, data: Dataset, budget
     model.eval()
     meta = {**dataset_meta(data), "method": kind, "table_bytes": table.nbytes(),
             "valid": evaluate(model, data.valid), "test": evaluate(model, data.test)}
-    if out_dir is not None:
+    if out_dir is not None and is_main():  # torch.distributed: rank 0 writes
         save_checkpoint(Path(out_dir) / "best", model, meta)
     return model, meta
 

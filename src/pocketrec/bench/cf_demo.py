@@ -1,5 +1,6 @@
 """The collaborative-filtering part of ``pocketrec demo``: a LightGCN teacher, one user's device file, and
-that user's recommendations from the numpy runtime.
+that user's recommendations from the numpy runtime; then RULE: one elastic model trained once, customised to
+several budgets in about a second each (:func:`run_rule_demo`).
 
 LightGCN on ml-100k with the reference shape (d = 64, 3 layers, batch 2048) but a higher learning rate and
 30 epochs, so that the tour stays short; ``pocketrec train --backbone lightgcn`` trains to convergence.
@@ -49,6 +50,58 @@ def run_cf_demo(dataset: str, out: Path, log: Callable[[str], None], quiet: bool
             "artifact_bytes": artifact.nbytes, "table_bytes": int(meta["table_bytes"]), "test": meta["test"],
             "items": items, "scores": [float(s) for s in scores],
             "history": data.items.decode(data.seen("test")[data.users.encode(user)].indices)}
+
+
+#: RULE's schedule in the demo: a short fine-tune and a small estimator (the defaults: 100 epochs, 300 labels)
+DEMO_RULE = ["train.epochs=4", "train.patience=2", "label_archs=120"]
+DEMO_RULE_BUDGETS = ("2%", "5%", "10%")
+
+
+def run_rule_demo(dataset: str, out: Path, log: Callable[[str], None], quiet: bool = False,
+                  budgets: tuple[str, ...] = DEMO_RULE_BUDGETS) -> dict[str, Any]:
+    """Train RULE once from the demo's LightGCN (``OUT/lightgcn``) into ``OUT/rule`` (reused when finished), then
+    customise it to each budget (search, one user's device file, the test figures); returns a row per budget."""
+    import time
+
+    from pocketrec.data import load_interactions
+    from pocketrec.methods import registry
+    from pocketrec.methods.customize import Customizer
+    from pocketrec.methods.rule import ESTIMATOR_FILE
+    from pocketrec.train.checkpoint import CheckpointError, read_meta
+
+    data = load_interactions(dataset)
+    run = out / "rule"
+    try:
+        done = read_meta(run / "best").get("test") is not None and (run / ESTIMATOR_FILE).exists()
+    except CheckpointError:
+        done = False
+    if done:
+        log(f"rule: reusing {run}")
+        seconds = 0.0
+    else:
+        if run.exists():
+            import shutil
+
+            shutil.rmtree(run)  # an unfinished demo run of this folder: the demo owns it
+        spec = registry.get_method("rule")
+        cfg = spec.load_config(None, [*DEMO_RULE, f"teacher={out / 'lightgcn' / 'best'}", f"out={run}",
+                                      *(["train.progress=false"] if quiet else [])])
+        log("rule: training the elastic model once (blocks of the teacher's rotated item vectors, random "
+            "sub-architectures each step), then its estimator")
+        started = time.perf_counter()
+        spec.compress(cfg, data)
+        seconds = time.perf_counter() - started
+    customizer = Customizer(run, dataset=data)
+    user = data.users.raw_ids[0]
+    rows = []
+    for budget in budgets:
+        started = time.perf_counter()
+        choice = customizer.choose(budget)
+        path = out / "artifacts" / f"rule-{budget.replace('%', 'pct')}-user-{user}.safetensors"
+        customizer.write(choice, path, users=[user])
+        choice.seconds = time.perf_counter() - started
+        rows.append({**choice.summary(), "test": customizer.evaluate(choice, "test")})
+    return {"train_seconds": seconds, "user": user, "dense_table_bytes": customizer.dense_bytes, "rows": rows}
 
 
 def _finished(best: Path, data: Any) -> bool:

@@ -1,7 +1,8 @@
 """The bench report: Markdown and HTML pages with the results table and two plots (PNG).
 
-* ``accuracy.png``: Recall@20 and MRR@20 (two panels) against item-table bytes (log scale), one line per
-  method, the teacher as a dashed horizontal line;
+* ``accuracy.png``: Recall@20 and MRR@20 (two panels; ``metrics`` chooses others, e.g. NDCG@20 for
+  collaborative filtering) against item-table bytes (log scale), one line per method, the teacher as a dashed
+  horizontal line;
 * ``latency.png``: one-recommendation latency of the numpy runtime against item-table bytes (log-log).
 """
 
@@ -16,10 +17,20 @@ from pocketrec.search.budget import format_bytes
 
 STYLE = {"odrec": ("tab:blue", "o"), "tt": ("tab:cyan", "v"), "eodrec": ("tab:red", "s"),
          "dense-small": ("tab:green", "^"), "kmeans": ("tab:purple", "D"), "int8": ("tab:orange", "P"),
-         "int4": ("tab:brown", "X")}
+         "int4": ("tab:brown", "X"), "cf-tt": ("tab:blue", "o"), "cf-codebook": ("tab:red", "s"),
+         "cf-kmeans": ("tab:purple", "D"), "cf-dense-small": ("tab:green", "^"), "cf-int8": ("tab:orange", "P"),
+         "cf-int4": ("tab:brown", "X"), "rule": ("tab:olive", "*")}
 LABELS = {"odrec": "OD-Rec (STT, t=2)", "tt": "TT (t=1), distilled", "eodrec": "EODRec (codebooks)",
           "dense-small": "dense, smaller d, from scratch", "kmeans": "post-hoc k-means codebooks",
-          "int8": "post-hoc int8 rows", "int4": "post-hoc int4 rows"}
+          "int8": "post-hoc int8 rows", "int4": "post-hoc int4 rows", "cf-tt": "TT (t=2), fine-tuned",
+          "cf-codebook": "codebooks, fine-tuned", "cf-kmeans": "post-hoc k-means codebooks",
+          "cf-dense-small": "LightGCN, smaller d, from scratch", "cf-int8": "post-hoc int8 rows",
+          "cf-int4": "post-hoc int4 rows", "rule": "RULE (trained once, customised)"}
+#: the two accuracy panels: (row key, axis name)
+SESSION_METRICS = (("recall@20", "Recall@20 (%)"), ("mrr@20", "MRR@20 (%)"))
+CAPTION = ("Test metrics at the best-validation epoch; bytes are the item table as a device stores it "
+           "(`nbytes()`), the artifact is the whole device file (encoder, table, item norms, item ids, "
+           "manifest); latency is one whole-catalogue top-20 in the numpy runtime on one thread.")
 
 
 def _series(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -30,8 +41,10 @@ def _series(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return {m: sorted(rs, key=lambda r: r["table_bytes"]) for m, rs in series.items()}
 
 
-def plot(rows: list[dict[str, Any]], out: Path, title: str) -> list[Path]:
-    """Write ``accuracy.png`` and ``latency.png`` into ``out``; returns their paths."""
+def plot(rows: list[dict[str, Any]], out: Path, title: str,
+         metrics: tuple[tuple[str, str], ...] = SESSION_METRICS) -> list[Path]:
+    """Write ``accuracy.png`` (a panel per entry of ``metrics``) and ``latency.png`` into ``out``; returns their
+    paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,8 +55,10 @@ def plot(rows: list[dict[str, Any]], out: Path, title: str) -> list[Path]:
     series = _series(rows)
     paths = []
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
-    for ax, metric, name in ((axes[0], "recall@20", "Recall@20 (%)"), (axes[1], "mrr@20", "MRR@20 (%)")):
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.8), constrained_layout=True,
+                             squeeze=False)
+    axes = axes[0]
+    for ax, (metric, name) in zip(axes, metrics, strict=True):
         for method, rs in series.items():
             color, marker = STYLE.get(method, ("black", "o"))
             ax.plot([r["table_bytes"] for r in rs], [100 * r[metric] for r in rs], marker=marker, color=color,
@@ -86,26 +101,29 @@ def plot(rows: list[dict[str, Any]], out: Path, title: str) -> list[Path]:
     return paths
 
 
-def write_report(rows: list[dict[str, Any]], out: Path, title: str, command: str = "") -> tuple[Path, Path]:
-    """Write ``report.md`` and ``report.html`` (with the plots) into ``out``; returns both paths."""
+def write_report(rows: list[dict[str, Any]], out: Path, title: str, command: str = "",
+                 columns: tuple[str, ...] = COLUMNS, metrics: tuple[tuple[str, str], ...] = SESSION_METRICS,
+                 caption: str = CAPTION) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` (with the plots) into ``out``; returns both paths. ``columns``,
+    ``metrics`` and ``caption`` default to the session bench's; a row's ``remark`` is listed under the table."""
     out = Path(out)
-    images = plot(rows, out, title)
+    images = plot(rows, out, title, metrics)
     notes = [f"- {r['method']} @ {r['budget']}: {r['note']}" for r in rows if "note" in r]
+    remarks = [f"- {r['method']} @ {r['budget']}: {r['remark']}" for r in rows if r.get("remark")]
     md = [f"# pocketrec bench: {title}", ""]
     if command:
         md += [f"Made with `{command}`.", ""]
-    md += ["Test metrics at the best-validation epoch; bytes are the item table as a device stores it "
-           "(`nbytes()`), the artifact is the whole device file (encoder, table, item norms, item ids, "
-           "manifest); latency is one whole-catalogue top-20 in the numpy runtime on one thread.", "",
-           markdown_table(rows)]
+    md += [caption, "", markdown_table(rows, columns)]
+    if remarks:
+        md += ["", *remarks]
     if notes:
         md += ["", "Not built:", *notes]
     md += ["", *[f"![{p.stem}]({p.name})" for p in images], ""]
     md_path = out / "report.md"
     md_path.write_text("\n".join(md))
 
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(r[c])}</td>" for c in COLUMNS) + "</tr>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(r[c])}</td>" for c in columns) + "</tr>"
                    for r in table_rows(rows))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>pocketrec bench: {html.escape(title)}"
             "</title><style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:"
@@ -113,7 +131,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, title: str, command: str
             f"</head><body><h1>pocketrec bench: {html.escape(title)}</h1>"
             + (f"<p>Made with <code>{html.escape(command)}</code>.</p>" if command else "")
             + f"<table><tr>{head}</tr>{body}</table>"
-            + "".join(f"<li>{html.escape(n[2:])}</li>" for n in notes)
+            + "".join(f"<li>{html.escape(n[2:])}</li>" for n in [*remarks, *notes])
             + "".join(f"<p><img src='{p.name}' alt='{p.stem}'></p>" for p in images) + "</body></html>")
     html_path = out / "report.html"
     html_path.write_text(page)

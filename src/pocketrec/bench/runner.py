@@ -67,6 +67,11 @@ class BenchConfig:
     ``--method_options=eodrec.dtype=int8,eodrec.max_codebooks=64,odrec.distill.kd_weight=0.5`` on the command
     line, or in YAML ``method_options: [eodrec.dtype=int8, tt.train.epochs=5]``. ``teacher``, ``dataset``,
     ``budget`` and ``out`` are the bench's own; options of a method not in ``methods`` are checked but unused.
+
+    ``family`` is the teachers compressed: ``"session"`` (this module's bench) or ``"cf"`` (a LightGCN teacher
+    and the collaborative-filtering methods, :mod:`pocketrec.bench.cf_runner`, whose
+    :func:`~pocketrec.bench.cf_runner.load_bench_config` gives that family's defaults); every one of
+    ``methods`` must be of it.
     """
 
     dataset: str = "ml-100k"
@@ -80,11 +85,18 @@ class BenchConfig:
     eodrec_code_epochs: int = 10
     latency_repeats: int = 30
     method_options: list[str] = field(default_factory=list)
+    family: str = "session"
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in registry.METHODS]
         if unknown:
             raise registry.unknown_method_error(unknown)
+        if self.family not in registry.FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(registry.FAMILIES)}, got {self.family!r}")
+        other = [m for m in self.methods if registry.get_method(m).family != self.family]
+        if other:
+            raise ValueError(f"methods {', '.join(other)} do not compress {self.family} teachers; a {self.family} "
+                             f"bench runs {', '.join(registry.method_names(self.family))}")
         if not self.budgets:
             raise ValueError("give at least one budget (e.g. budgets=3%,10%)")
         by_method: dict[str, list[str]] = {}
@@ -143,28 +155,34 @@ def ensure_teacher(cfg: BenchConfig, data: Dataset, out: Path, log: Callable[[st
     return out / "teacher" / "best"
 
 
-def numpy_latency_ms(artifact: Path, history: list[int], repeats: int) -> float:
-    """Median ms of one whole-catalogue top-20 in the numpy runtime, with BLAS held to one thread."""
+def median_ms(call: Callable[[], object], repeats: int) -> float:
+    """Median ms of ``call()`` over ``repeats`` runs after one warm-up, with BLAS held to one thread."""
     from threadpoolctl import threadpool_limits
 
-    from pocketrec.device.runtime import load
-
-    model = load(artifact)
     with threadpool_limits(limits=1):
-        model.top_k(history, 20)
+        call()
         times = []
         for _ in range(max(1, repeats)):
             start = time.perf_counter()
-            model.top_k(history, 20)
+            call()
             times.append((time.perf_counter() - start) * 1000)
     return float(np.median(times))
+
+
+def numpy_latency_ms(artifact: Path, history: list[int], repeats: int) -> float:
+    """Median ms of one whole-catalogue top-20 in the numpy runtime, with BLAS held to one thread."""
+    from pocketrec.device.runtime import load
+
+    model = load(artifact)
+    return median_ms(lambda: model.top_k(history, 20), repeats)
 
 
 def method_config(method: str, budget_bytes: int | None, teacher_dir: Path, data: Dataset, cfg: BenchConfig,
                   run_dir: Path) -> Any:
     """``method``'s config for one bench job: its registered defaults; the bench's teacher, budget, run folder
     and schedule (``student``, or ``teacher.train`` for a from-scratch method; ``student.seed`` for a post-hoc
-    one), ``odrec_distill`` (odrec, tt) and ``eodrec_code_epochs`` (eodrec); then ``method_options``."""
+    one), ``odrec_distill`` (odrec, tt) and ``eodrec_code_epochs`` (eodrec, cf-codebook); then
+    ``method_options``."""
     spec = registry.get_method(method)
     mcfg = spec.load_config()
     mcfg.teacher, mcfg.dataset, mcfg.out = str(teacher_dir), data.name, str(run_dir)
@@ -176,7 +194,7 @@ def method_config(method: str, budget_bytes: int | None, teacher_dir: Path, data
         mcfg.seed = cfg.student.seed
     if method in ("odrec", "tt"):
         mcfg.distill = copy.deepcopy(cfg.odrec_distill)
-    elif method == "eodrec":
+    elif method in ("eodrec", "cf-codebook"):
         mcfg.code_epochs = cfg.eodrec_code_epochs
     return load_config(type(mcfg), None, cfg.options_for(method), base=mcfg)
 
@@ -199,6 +217,8 @@ def run_bench(cfg: BenchConfig, data: Dataset, log: Callable[[str], None] = prin
     """Run the bench (module docstring); returns the rows (also written to ``OUT/results.json``)."""
     from pocketrec.device.artifact import export_artifact
 
+    if cfg.family != "session":
+        raise ValueError(f"a {cfg.family} bench runs in pocketrec.bench.cf_runner (run_cf_bench), not here")
     out = Path(cfg.out or f"runs/bench-{data.name}")
     out.mkdir(parents=True, exist_ok=True)
     teacher_dir = ensure_teacher(cfg, data, out, log)
@@ -256,35 +276,42 @@ def run_bench(cfg: BenchConfig, data: Dataset, log: Callable[[str], None] = prin
 
 COLUMNS = ("method", "budget", "table bytes", "artifact bytes", "ratio", "Recall@20 %", "MRR@20 %", "NDCG@20 %",
            "latency ms", "epoch s")
+#: every column :func:`table_rows` fills (``customise s``: seconds to fit a trained RULE model to the budget)
+ALL_COLUMNS = (*COLUMNS, "customise s")
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Rows formatted for the Markdown table (and the console)."""
+    """Rows formatted for the Markdown table (and the console), with every column of :data:`ALL_COLUMNS`
+    (empty where a row has no such figure)."""
     def pct(value: Any) -> str:
         return f"{100 * value:.2f}" if isinstance(value, float) else ""
 
     out = []
     for r in rows:
         if "note" in r:
-            out.append({"method": r["method"], "budget": r["budget"], "table bytes": "does not fit",
-                        **{c: "" for c in COLUMNS[3:]}})
+            out.append({**{c: "" for c in ALL_COLUMNS}, "method": r["method"], "budget": r["budget"],
+                        "table bytes": "does not fit"})
             continue
         out.append({"method": r["method"], "budget": r["budget"], "table bytes": f"{r['table_bytes']:,}",
                     "artifact bytes": f"{r['artifact_bytes']:,}", "ratio": f"{r['ratio']:.1f}x",
-                    "Recall@20 %": pct(r["recall@20"]), "MRR@20 %": pct(r["mrr@20"]),
+                    "Recall@20 %": pct(r["recall@20"]), "MRR@20 %": pct(r.get("mrr@20")),
                     "NDCG@20 %": pct(r["ndcg@20"]), "latency ms": f"{r['latency_ms']:.2f}",
-                    "epoch s": f"{r['epoch_seconds']:.1f}" if r.get("epoch_seconds") else ""})
+                    "epoch s": f"{r['epoch_seconds']:.1f}" if r.get("epoch_seconds") else "",
+                    "customise s": f"{r['customize_seconds']:.2f}" if r.get("customize_seconds") is not None else ""})
     return out
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(r[c] for c in COLUMNS) + " |" for r in table_rows(rows)]
+def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
+    """The rows as a Markdown table of ``columns`` (names of :data:`ALL_COLUMNS`)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(r[c] for c in columns) + " |" for r in table_rows(rows)]
     return "\n".join(lines) + "\n"
 
 
-def _write(out: Path, rows: list[dict[str, Any]]) -> None:
-    for name, text in (("results.json", json.dumps(rows, indent=1)), ("results.md", markdown_table(rows))):
+def _write(out: Path, rows: list[dict[str, Any]], markdown: str | None = None) -> None:
+    """``results.json`` and ``results.md`` (``markdown``, else the session table), each replaced atomically."""
+    markdown = markdown_table(rows) if markdown is None else markdown
+    for name, text in (("results.json", json.dumps(rows, indent=1)), ("results.md", markdown)):
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)
         os.replace(tmp, out / name)

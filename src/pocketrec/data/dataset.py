@@ -2,7 +2,7 @@
 
 Every split is a :class:`SequenceSplit`: a list of item-id sequences plus, per sequence, the first
 position that is a prediction target. Position ``t`` (``t >= first_target``) asks the model to predict
-``seq[t]`` from the prefix ``seq[:t]``. This one shape covers both protocols in DESIGN.md:
+``seq[t]`` from the prefix ``seq[:t]``. This one shape covers both protocols of docs/data.md:
 
 * session data (SR-GNN protocol): every prefix of a session is an example, so ``first_target = 1``;
 * per-user leave-one-out: validation is ``seq[:-1]`` and test is ``seq`` with only the last
@@ -125,7 +125,7 @@ class Dataset:
         """Occurrences of each item id (index = id) in the training inputs, i.e. the prefixes.
 
         Counted over the prefix-expanded samples as OD-Rec does: item at position ``i`` of a sequence
-        of length ``L`` appears in ``L - 1 - i`` prefixes (see METHODS.md §1.4).
+        of length ``L`` appears in ``L - 1 - i`` prefixes (see docs/methods/odrec.md).
         """
         counts = np.zeros(self.num_items + 1, dtype=np.int64)
         for seq, first in zip(self.train.sequences, self.train.first_target, strict=True):

@@ -1,4 +1,4 @@
-"""From raw ids to the splits of DESIGN.md: vocabulary, k-core, chronological grouping, the two protocols.
+"""From raw ids to the splits of docs/data.md: vocabulary, k-core, chronological grouping, the two protocols.
 
 * Session protocol (SR-GNN; Tmall, Diginetica): :func:`session_split`.
 * Per-user chronological leave-one-out (RecBole's sequential protocol): :func:`leave_one_out_split`.
@@ -149,7 +149,7 @@ def group_by_user_chronological(interactions: Interactions,
 def session_split(train_sessions: Sequence[np.ndarray], test_sessions: Sequence[np.ndarray],
                   valid_fraction: float = 0.1, *, train_source: str = "train sessions",
                   test_source: str = "test sessions") -> tuple[SequenceSplit, SequenceSplit, SequenceSplit]:
-    """The SR-GNN session protocol of DESIGN.md: ``(train, valid, test)``, every prefix an example.
+    """The SR-GNN session protocol of docs/data.md: ``(train, valid, test)``, every prefix an example.
 
     Sessions with fewer than 2 items hold no (prefix, target) pair and are left out first. Of the
     remaining training sessions, the last ``valid_fraction`` (in file order, which is time order for

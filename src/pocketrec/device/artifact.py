@@ -173,6 +173,7 @@ def export_artifact(checkpoint_or_model: Any, path: str | Path, fp16: bool = Fal
     A collaborative-filtering model (LightGCN) ranks for given users: ``users`` are their raw ids (at least
     one; ``["all"]`` for every user) and ``data`` its :class:`~pocketrec.data.interactions.InteractionDataset`
     (loaded from the checkpoint's record when not given): the propagated vectors need the training graph.
+    ``users=[]`` writes the item table alone, with no user (the shared file of every device of one budget).
     """
     from safetensors.numpy import save_file
 
@@ -209,9 +210,11 @@ def chosen_users(model: Any, meta: dict[str, Any], users: Sequence[str] | None, 
         if users:
             raise ValueError("a session model's file serves any user: it takes no users")
         return None
-    if not users:
+    if users is None:
         raise ValueError("a LightGCN artifact is for the device of given users: pass --user U (several: "
                          "U1,U2; every user: all)")
+    if not users:  # the item table alone: a device that gets its user's vector another way
+        return []
     if data is None:
         if not meta:
             raise ValueError("exporting a collaborative-filtering model needs its data (data=...)")

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pocketrec.formats.bitpack import packed_nbytes, unpack_codes, unpack_int4
+from pocketrec.formats.elastic_arrays import elastic_groups, elastic_nbytes, elastic_priority, select_by_priority
 from pocketrec.formats.table_arrays import check_slots, dequantized_codebooks
 
 SCORERS: dict[str, type[NumpyTable]] = {}
@@ -333,6 +334,119 @@ class QuantizedScorer(NumpyTable):
     def score_blocks(self, query: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         for start, stop in self.blocks():
             yield start, (self.values[start:stop].astype(np.float32) @ query) * self.scales[start:stop]
+
+
+@register_scorer("elastic")
+class ElasticScorer(NumpyTable):
+    """Elastic blocks (:mod:`pocketrec.tables.elastic`; layout :mod:`pocketrec.formats.elastic_arrays`): each
+    item group keeps its stored kept blocks ``(n_g, |S_g| * b)`` and its item ids.
+
+    A group's scores are one product with a per-group query: ``f * sum_{k in S} s_k <x_k, e_k>``, ``x_k``
+    being ``u_bar`` (shared, ``f = N / |S|``) or chunk ``u_k`` (aligned, ``f = 1``) and ``s_k`` the block's
+    int8 scale (1 for float blocks), so the per-block scales and ``f`` are folded into the query and the stored matrix
+    stays compact (float16 / int8, upcast a chunk of rows at a time, as the dense and quantized scorers do).
+    The shared scoring instead precomputes the group's ``b``-wide rows ``(N / |S|) * sum_k s_k e_k`` in
+    float32 when that takes no more memory than the stored blocks (always at float32; ``|S| >= 2`` at
+    float16, ``|S| >= 4`` at int8): ``b`` multiply-adds per item instead of ``|S| * b``.
+    Items are scored group by group into one ``(num_items + 1,)`` array, yielded as a single block.
+
+    Resizing (:mod:`pocketrec.device.np_resize`): ``priority`` is the stored block priority (flat indices, ``None``
+    without one), ``group_sizes``, ``stored_dtype``; :meth:`mask_for` is the architecture a budget gets under
+    the priority and :meth:`table_nbytes` the stored bytes of an architecture.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> None:
+        super().__init__(arrays, description)
+        groups, mask, parts = elastic_groups(arrays, description)
+        self.scoring = str(description.get("scoring", "shared"))
+        if self.scoring not in ("shared", "aligned"):
+            raise ValueError(f"unknown elastic scoring {self.scoring!r}")
+        self.num_blocks = int(description["num_blocks"])
+        self.block_width = self.dim // self.num_blocks
+        self.mask = mask
+        self.stored_dtype = str(description.get("dtype", "float32"))
+        self.priority = elastic_priority(arrays, description)
+        self.group_sizes = np.asarray([len(part.items) for part in parts], dtype=np.int64)
+        self.group_of = groups.astype(np.uint8 if len(parts) <= 256 else np.int32)
+        self.slot = np.zeros(self.num_rows, dtype=np.int32)  # row of each id in its group's matrix
+        #: per group: (items, kept blocks, matrix, column scales of the query or None when summed)
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = []
+        b = self.block_width
+        for part in parts:
+            self.slot[part.items] = np.arange(len(part.items), dtype=np.int32)
+            factor = np.float32(self.num_blocks / len(part.kept) if self.scoring == "shared" else 1.0)
+            scales = (part.scales.astype(np.float32) * factor).astype(np.float32)
+            summed_bytes = len(part.items) * b * 4
+            if self.scoring == "shared" and summed_bytes <= part.values.nbytes:
+                matrix = np.zeros((len(part.items), b), dtype=np.float32)
+                for j, s in enumerate(scales):
+                    matrix += part.values[:, j * b:(j + 1) * b].astype(np.float32) * s
+                self.parts.append((part.items, part.kept, matrix, None))
+            else:
+                self.parts.append((part.items, part.kept, part.values, np.repeat(scales, b)))
+
+    def table_nbytes(self, mask: np.ndarray | None = None) -> int:
+        """Stored bytes of this table under ``mask`` (default: its own architecture), priority array included."""
+        return elastic_nbytes(self.group_sizes, self.mask if mask is None else mask, self.block_width,
+                              self.stored_dtype, with_priority=self.priority is not None)
+
+    def mask_for(self, budget_bytes: int) -> np.ndarray:
+        """The architecture ``(G, N)`` the stored priority gives ``budget_bytes``
+        (:func:`~pocketrec.formats.elastic_arrays.select_by_priority`, the rule of the direct build); ``ValueError``
+        when the table has no priority or one block per group does not fit."""
+        if self.priority is None:
+            raise ValueError("this elastic table stores no block priority, so it cannot be resized on the device "
+                             "(export it with a priority)")
+        return select_by_priority(self.priority, self.group_sizes, self.block_width, self.stored_dtype,
+                                  int(budget_bytes), with_priority=True)
+
+    def _group_query(self, queries: np.ndarray, kept: np.ndarray, colscale: np.ndarray | None) -> np.ndarray:
+        """``(B, w)`` query of one group's matrix (``w = b`` summed, ``|S| * b`` stored)."""
+        chunks = queries.reshape(queries.shape[0], self.num_blocks, self.block_width)
+        if self.scoring == "shared":
+            u_bar = chunks.sum(axis=1)
+            return u_bar if colscale is None else np.tile(u_bar, (1, len(kept))) * colscale
+        return chunks[:, kept].reshape(queries.shape[0], -1) * colscale
+
+    def score(self, query: np.ndarray) -> np.ndarray:
+        """Scores ``(num_items + 1,)`` of a ``(dim,)`` query, or ``(B, num_items + 1)`` of ``(B, dim)`` queries;
+        entry 0 (padding) is 0."""
+        queries = np.asarray(query, dtype=np.float32)
+        single = queries.ndim == 1
+        queries = queries.reshape(-1, self.dim)
+        out = np.zeros((queries.shape[0], self.num_rows), dtype=np.float32)
+        for items, kept, matrix, colscale in self.parts:
+            if not len(items):
+                continue
+            q = np.ascontiguousarray(self._group_query(queries, kept, colscale).T, dtype=np.float32)
+            for start in range(0, len(items), _CHUNK_ROWS):
+                rows = matrix[start:start + _CHUNK_ROWS].astype(np.float32, copy=False)
+                out[:, items[start:start + _CHUNK_ROWS]] = (rows @ q).T
+        return out[0] if single else out
+
+    def score_blocks(self, query: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        yield 0, self.score(query)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() > self.num_items):
+            raise IndexError(f"ids must lie in 0..{self.num_items}")
+        b, n_blocks = self.block_width, self.num_blocks
+        out = np.zeros((ids.size, n_blocks, b), dtype=np.float32)
+        groups = self.group_of[ids]
+        for g in np.unique(groups[ids > 0]):
+            at = np.flatnonzero((groups == g) & (ids > 0))
+            _, kept, matrix, colscale = self.parts[int(g)]
+            stored = matrix[self.slot[ids[at]]].astype(np.float32)
+            if colscale is None:  # shared, summed: the b-wide row tiled N times
+                out[at] = stored[:, None, :]
+                continue
+            blocks = (stored * colscale).reshape(len(at), len(kept), b)
+            if self.scoring == "shared":
+                out[at] = blocks.sum(axis=1)[:, None, :]
+            else:
+                out[at[:, None], kept[None, :]] = blocks
+        return out.reshape(ids.size, self.dim)
 
 
 def make_scorer(arrays: dict[str, np.ndarray], description: dict[str, Any]) -> NumpyTable:

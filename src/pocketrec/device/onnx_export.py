@@ -27,7 +27,12 @@ size plus the graph's structure (and the vocabulary as JSON rather than an int32
 * codebook: the codebooks (float32, float16, or int8 with their float32 scales) and the codes as stored:
   uint8/uint16 ``(n, M)`` or the bit-packed uint8 stream, unpacked in the graph (:func:`unpack_codes`),
   then cast to int32 gather indices; scores are one lookup table ``(1, M*K)`` (``Gemm``), one ``Gather``
-  by the codes and a ``ReduceSum``.
+  by the codes and a ``ReduceSum``;
+* elastic: the bit-packed item groups and architecture mask (both unpacked in the graph as codebook codes
+  are), the kept blocks of each group at their stored dtype, and for int8 the per-(group, block) scales;
+  the graph rebuilds every item's row (``b``-wide for the shared scoring, queried with ``u_bar``; ``D``-wide
+  for aligned, zeros in the dropped blocks) with a fixed number of nodes plus one or two per group
+  (:class:`ElasticOnnx`), then scores are one ``Gemm``.
 
 One builder class per table kind, registered by kind name in :data:`ONNX_TABLES`
 (:func:`register_onnx_table`), as the numpy runtime's scorers are (:mod:`pocketrec.device.np_tables`).
@@ -379,6 +384,112 @@ class CodebookOnnx(OnnxTable):
         g = self.graph
         lut = g.reshape(g.op("Gemm", query, self.books, transB=1), (self.M * self.K,))
         return g.unsqueeze(g.reduce_sum(g.op("Gather", lut, self.index, axis=0), 0), [0])  # (M, n) -> (1, n)
+
+
+def _unpack_small_codes(graph: OnnxGraph, packed: str, nbytes: int, bits: int, count: int) -> str:
+    """:func:`unpack_codes` with fewer nodes when ``bits`` divides 8 (1, 2, 4, 8: every byte holds ``8 / bits``
+    whole codes, split by one ``Div``/``Mod`` pair), else :func:`unpack_codes` itself."""
+    if 8 % bits:
+        return unpack_codes(graph, packed, nbytes, bits, count)
+    per_byte = 8 // bits
+    shifts = [1 << (8 - bits * (j + 1)) for j in range(per_byte)]
+    x = graph.unsqueeze(graph.cast(packed, np.int32), [1])  # (nbytes, 1)
+    codes = graph.op("Mod", graph.op("Div", x, graph.const(shifts, np.int32)), graph.const(1 << bits, np.int32))
+    codes = graph.reshape(codes, (nbytes * per_byte,))
+    return codes if nbytes * per_byte == count else graph.slice(codes, 0, count, 0)
+
+
+@register_onnx_table("elastic")
+class ElasticOnnx(OnnxTable):
+    """Elastic blocks (:mod:`pocketrec.formats.elastic_arrays`); see the module docstring.
+
+    The builder reads the architecture (it fixes the shapes: each group's stored width, the zero padding, the
+    ``(G, N)`` int32 constant of each block's place in its group's padded row, only when some group keeps
+    blocks that are not a prefix); the graph decodes the rest. The mask, unpacked in the graph, gives each
+    group's ``N / |S_g|`` (shared scoring only) and the block scale table ``(G, N)`` (that factor times the
+    int8 scale of a kept block, 0 for a dropped one). Each group's stored rows are cast to float32 and
+    zero-padded to ``D`` columns, all groups are concatenated (group order: groups in turn, ids increasing
+    within a group, as a stable sort of the item groups gives: ``TopK`` on ``group * n + index``), every row's
+    blocks are gathered into block order (a dropped block reads a zero slot) and scaled, summed over blocks
+    for the shared scoring, and put back in item order. The rows matrix is ``(num_items, w)``, items
+    ``1..n``, ``w = b`` (shared, queried with
+    ``u_bar``) or ``D`` (aligned).
+    """
+
+    def __init__(self, graph: OnnxGraph, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> None:
+        from pocketrec.formats.elastic_arrays import elastic_groups, group_bits
+
+        super().__init__(graph, arrays, description)
+        g = graph
+        _, mask, parts = elastic_groups(arrays, description)
+        self.scoring = str(description.get("scoring", "shared"))
+        num_groups, num_blocks = mask.shape
+        self.num_blocks, self.block_width = num_blocks, self.dim // num_blocks
+        n, b = self.num_items, self.block_width
+        groups, packed_mask = self.store("groups"), self.store("mask")
+        if num_groups == 1:  # the groups stream is empty: read it with the mask's, so every stored array is used
+            packed_mask = g.op("Concat", groups, packed_mask, axis=0)
+        flat_mask = _unpack_small_codes(g, packed_mask, arrays["mask"].size, 1, num_groups * num_blocks)
+        keep = g.reshape(flat_mask, (num_groups, num_blocks, 1))  # int32 0/1
+        keep_f = g.cast(keep, np.float32)
+        block_scale = keep_f  # (G, N, 1); the shared scoring's kept blocks also count N / |S_g|
+        if self.scoring == "shared":
+            count = g.op("ReduceSum", keep_f, g.const([1]), keepdims=1)  # (G, 1, 1): |S_g|
+            block_scale = g.op("Mul", keep_f, g.op("Div", g.const(float(num_blocks), np.float32), count))
+        if description.get("dtype") == "int8":
+            # the stored scales are the kept blocks' only: spread them over (G, N), 0 where a block is dropped
+            slot = np.zeros(mask.shape, dtype=np.int32)
+            slot[mask] = np.arange(1, int(mask.sum()) + 1)
+            padded = g.op("Concat", g.const([0.0], np.float32), self.store("scales"), axis=0)
+            block_scale = g.op("Mul", block_scale, g.reshape(g.op("Gather", padded, g.const(slot, np.int32), axis=0),
+                                                             (num_groups, num_blocks, 1)))
+        stored = []
+        for index, part in enumerate(parts):
+            name = f"blocks/{index}"
+            values = g.as_float(self.store(name), arrays[name].dtype)
+            if len(part.kept) < num_blocks:
+                values = g.op("Pad", values, g.const([0, 0, 0, (num_blocks - len(part.kept)) * b]))
+            stored.append(values)
+        blocks = g.reshape(stored[0] if len(stored) == 1 else g.op("Concat", *stored, axis=0), (n, num_blocks, b))
+        row_groups: str | None = None
+        inverse: str | None = None
+        if num_groups > 1:  # keys group * n + index: TopK's ascending order is the stored row order
+            codes = _unpack_small_codes(g, groups, arrays["groups"].size, group_bits(num_groups), n)
+            key_type = np.int32 if num_groups * n < 2**31 else np.int64
+            if key_type is np.int64:
+                codes = g.cast(codes, np.int64)
+            positions = g.op("Range", g.const(0, key_type), g.const(n, key_type), g.const(1, key_type))
+            keys = g.op("Add", g.op("Mul", codes, g.const(n, key_type)), positions)
+            order = g.fresh("order")
+            g.op("TopK", keys, g.const([n]), axis=0, largest=0, sorted=1, outputs=[g.fresh("sorted"), order])
+            row_groups = g.op("Gather", codes, order, axis=0)  # (n,): the group of each stored row
+            inverse = g.op("ScatterElements", positions, order, positions, axis=0)  # item -> stored row
+        if not all(np.array_equal(p.kept, np.arange(len(p.kept))) for p in parts):  # blocks to their places
+            where = np.full((num_groups, num_blocks, 1), num_blocks - 1, dtype=np.int32)  # dropped: a zero slot
+            for index, part in enumerate(parts):
+                where[index, part.kept, 0] = np.arange(len(part.kept))
+            slots = g.const(where, np.int32)  # (G, N, 1): the slot of every block in its group's padded row
+            slots = slots if row_groups is None else g.op("Gather", slots, row_groups, axis=0)
+            index = g.op("Expand", slots, g.const([n, num_blocks, b]))
+            blocks = g.op("GatherElements", blocks, index, axis=1)
+        scale = block_scale if row_groups is None else g.op("Gather", block_scale, row_groups, axis=0)
+        blocks = g.op("Mul", blocks, scale)  # (n, N, b)
+        rows = g.reduce_sum(blocks, 1) if self.scoring == "shared" else g.reshape(blocks, (n, self.dim))
+        if inverse is not None:  # stored (group) order -> item order
+            rows = g.op("Gather", rows, inverse, axis=0)
+        self.matrix = rows
+
+    def rows(self, ids: str) -> str:
+        g = self.graph
+        items = g.op("Max", g.op("Sub", ids, g.const(1)), g.const(0))  # id 0 reads item 1; masked later
+        rows = g.op("Gather", self.matrix, items, axis=0)  # (1, L, w)
+        return g.op("Tile", rows, g.const([1, 1, self.num_blocks])) if self.scoring == "shared" else rows
+
+    def scores(self, query: str) -> str:
+        g = self.graph
+        if self.scoring == "shared":
+            query = g.reduce_sum(g.reshape(query, (1, self.num_blocks, self.block_width)), 1)  # u_bar (1, b)
+        return g.op("Gemm", query, self.matrix, transB=1)
 
 
 def make_onnx_table(graph: OnnxGraph, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> OnnxTable:

@@ -21,7 +21,10 @@ Memory: the item table stays at its stored types (uint8 codes stay uint8, float1
 are upcast a chunk at a time); bit-packed codes are unpacked once at load (``n*M`` bytes for K <= 256);
 encoder weights are cast to float32 (small); in cosine mode (``normalize``) the item norms are computed
 once at load and kept, ``4 * (num_items + 1)`` bytes. Scoring allocates ``(num_items + 1)`` float32 scores
-plus, for TT tables, one block of rebuilt rows (about 16k rows) at a time.
+plus, for TT tables, one block of rebuilt rows (about 16k rows) at a time. An elastic artifact keeps every
+tensor of its file (``DeviceModel.tensors``) so that it can change its budget in place (``shrink``, ``grow``,
+``save``; :mod:`pocketrec.device.np_resize`): with the shared scoring that is its stored blocks on top of the
+``b``-wide float32 rows the scorer precomputes.
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ def artifact_checksum(tensors: dict[str, np.ndarray], manifest: dict[str, str]) 
         header = json.dumps([name, arr.dtype.name, list(arr.shape)])
         digest.update(header.encode())
         digest.update(b"\0")
-        digest.update(memoryview(arr).cast("B"))
+        if arr.size:  # an empty array (a table-only file's users) has no bytes, and memoryview refuses it
+            digest.update(memoryview(arr).cast("B"))
     return digest.hexdigest()
 
 
@@ -187,6 +191,56 @@ class DeviceModel:
             self.norms = tensors[NORMS] if NORMS in tensors else self.table.row_norms()  # fp16 stays fp16
             if self.norms.shape != (self.num_rows,):
                 raise ArtifactError(f"{source}: {NORMS} has shape {self.norms.shape}, expected ({self.num_rows},)")
+        self.source = source
+        #: every tensor of the file, kept for an elastic artifact only (it can be resized and saved:
+        #: :meth:`shrink`, :meth:`grow`, :meth:`save`); ``None`` for other kinds, whose scorers keep what they need
+        self.tensors: dict[str, np.ndarray] | None = (
+            tensors if self.table_description.get("kind") == "elastic" else None)
+
+    # ------------------------------------------------------------------------------ dynamic budgets
+    def shrink(self, budget_bytes: int) -> int:
+        """Shrink an elastic artifact's item table in place to ``budget_bytes`` (item-table bytes, its priority
+        array included) by dropping its lowest-priority blocks (:mod:`pocketrec.device.np_resize`); returns the new
+        table bytes. The model then scores, and :meth:`save` writes, exactly the artifact built for that budget
+        directly (same tensors, manifest and checksum); it is unsigned. ``ValueError`` (one line, nothing
+        changed) for an artifact that is not elastic, is cosine-scoring or has no priority, a budget below one
+        block per group, or one that needs blocks the artifact lacks."""
+        from pocketrec.device.np_resize import shrink_tensors
+
+        self._become(*shrink_tensors(self._resizable(), self.manifest, budget_bytes))
+        return self.table_bytes
+
+    def grow(self, delta: Any, key: bytes | None = None) -> int:
+        """Add the blocks of ``delta`` (a :class:`~pocketrec.device.np_resize.Delta` or a delta file's path) in
+        place; returns the new table bytes. Refused (``ValueError``, nothing changed) when the delta is damaged,
+        was made for another artifact (its base checksum is not this artifact's), or does not give its target
+        checksum; with ``key`` also unless it carries a target signature made with that key. The result is the
+        larger artifact the delta was made from, signed when the delta carries its signature."""
+        from pocketrec.device.np_resize import apply_delta
+
+        self._become(*apply_delta(self._resizable(), self.manifest, delta, key))
+        return self.table_bytes
+
+    def save(self, path: str | Path, key: bytes | None = None) -> Any:
+        """Write this (elastic) artifact atomically, with canonical bytes
+        (:func:`~pocketrec.device.np_resize.write_safetensors`), signed with ``key`` when given; returns the path
+        with ``nbytes``."""
+        from pocketrec.device.np_resize import save_artifact, signed
+
+        return save_artifact(path, self._resizable(), signed(self.manifest, key))
+
+    def _resizable(self) -> dict[str, np.ndarray]:
+        if self.tensors is None:
+            raise ValueError(f"only an elastic (RULE/PEEL) artifact can be resized or saved; this one holds a "
+                             f"{self.table_description.get('kind')!r} table")
+        return self.tensors
+
+    def _become(self, tensors: dict[str, np.ndarray], manifest: dict[str, str]) -> None:
+        """Replace this model by the artifact ``(tensors, manifest)``: built aside first, so a failure changes
+        nothing; the old arrays are released with the old state."""
+        fresh = DeviceModel(tensors, manifest, source=self.source)
+        self.__dict__.clear()
+        self.__dict__.update(fresh.__dict__)
 
     # ------------------------------------------------------------------------------ internal ids
     def encode(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pocketrec.eval.metrics import CF_KS, count_nonfinite_rows
+from pocketrec.train import distributed
 
 if TYPE_CHECKING:
     from scipy.sparse import csr_matrix
@@ -53,6 +54,8 @@ def evaluate_cf(score_users: ScoreUsers, truth: csr_matrix, exclude: csr_matrix 
     CSR matrices (row and column 0 padding); a user without truth items is skipped. Users are scored in
     chunks of at most ``user_batch`` and at most ``max_scores // (num_items + 1)`` users, so that a 1M-item
     catalogue fits in memory. Returns the means over evaluated users and ``"users"`` (their count).
+    Under ``torch.distributed`` every rank must call it: the chunks are shared out round-robin and the
+    result, on every rank, equals a single process's exactly.
     """
     ks = tuple(sorted({int(k) for k in ks}))
     if not ks or ks[0] < 1:
@@ -77,10 +80,16 @@ def evaluate_cf(score_users: ScoreUsers, truth: csr_matrix, exclude: csr_matrix 
     # Discount of every 0-based rank, and ideal DCG for 1..k_max truth items (cumulated discounts).
     discounts = 1.0 / np.log2(np.arange(k_max, dtype=np.float64) + 2.0)
     ideal = np.concatenate([[0.0], np.cumsum(discounts)])
-    sums = {f"{name}@{k}": 0.0 for name in ("recall", "ndcg", "precision") for k in ks}
-    nonfinite = 0
+    names = [f"{name}@{k}" for name in ("recall", "ndcg", "precision") for k in ks]
+    # Under torch.distributed each rank scores every W-th chunk of users; the per-chunk sums come back in
+    # chunk order and are added as a single process adds them, so the metrics are equal bit for bit.
+    records: list[tuple[int, tuple[dict[str, float], int]]] = []
     starts = range(0, len(users), chunk)
-    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+    for index, start in enumerate(tqdm(starts, desc=desc, disable=not progress, leave=False)):
+        if not distributed.is_mine(index):
+            continue
+        sums = {name: 0.0 for name in names}
+        nonfinite = 0
         ids = users[start:start + chunk]
         scores = score_users(torch.from_numpy(ids).long())
         if scores.shape != (len(ids), num_cols):
@@ -126,6 +135,14 @@ def evaluate_cf(score_users: ScoreUsers, truth: csr_matrix, exclude: csr_matrix 
             sums[f"recall@{k}"] += float((count / num_truth).sum())
             sums[f"precision@{k}"] += float(count.sum() / k)
             sums[f"ndcg@{k}"] += float((dcg / ideal[np.minimum(num_truth, k).astype(np.int64)]).sum())
+        records.append((index, (sums, nonfinite)))
+        distributed.heartbeat()
+    sums = {name: 0.0 for name in names}
+    nonfinite = 0
+    for chunk_sums, bad in distributed.gather_ordered(records):
+        for name, value in chunk_sums.items():
+            sums[name] += value
+        nonfinite += bad
     if nonfinite:
         warnings.warn(f"{nonfinite:,} of {len(users):,} users had NaN or infinite scores (such an item is never a "
                       "hit): the model's weights are not finite", RuntimeWarning, stacklevel=2)

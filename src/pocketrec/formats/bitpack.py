@@ -3,7 +3,7 @@
 Used by the compositional-code table (EODRec, TOIS 2023; codes after Shu & Nakayama 2018): each item
 stores ``M`` codes in ``0..K-1``. Unpacked they take the smallest unsigned dtype that holds ``K - 1``
 (:func:`code_dtype`); packed they take exactly ``bits = ceil(log2 K)`` bits each (:func:`bits_for`),
-``ceil(count * bits / 8)`` bytes in all (:func:`packed_nbytes`), which is the storage of METHODS §2.6/§6.
+``ceil(count * bits / 8)`` bytes in all (:func:`packed_nbytes`), which is the storage docs/methods/eodrec.md counts.
 
 Layout (fixed; the device artifact depends on it): the codes are taken in C order (item-major: all
 ``M`` codes of item 1, then item 2, ...), each code is written most-significant bit first, the bit

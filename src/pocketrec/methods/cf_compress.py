@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from pocketrec.backbones.base import LossFn, Recommender, backbone_class
 from pocketrec.backbones.user_vectors import UserVectorConfig, UserVectorModel
+from pocketrec.bench.baselines import Int8Config
 from pocketrec.config import to_dict
 from pocketrec.methods.eodrec import DEFAULT_DTYPE, check_codebook_layout, codebook_table_builder
 from pocketrec.methods.odrec import check_order, tt_table_builder
@@ -47,8 +48,10 @@ from pocketrec.search.budget import parse_budget
 from pocketrec.tables.base import STORED_DTYPES
 from pocketrec.tables.codebook import DEFAULT_MAX_CODEBOOKS
 from pocketrec.tables.dense import DenseTable
+from pocketrec.tables.quantized import QuantizedTable
 from pocketrec.train.checkpoint import load_checkpoint, save_checkpoint
 from pocketrec.train.compat import check_compatible
+from pocketrec.train.distributed import global_mean, is_main
 from pocketrec.train.run import dataset_meta, run_training
 from pocketrec.train.trainer import TrainConfig, seed_everything
 
@@ -124,7 +127,8 @@ def cf_distillation_loss(student: UserVectorModel, teacher: UserVectorModel, con
             mask[rows, cols] = True
             target, scores = target.masked_fill(mask, -1e9), scores.masked_fill(mask, -1e9)
         log_target = nn.functional.log_softmax(target, dim=1)
-        kl = (log_target.exp() * (log_target - nn.functional.log_softmax(scores, dim=1))).sum(1).mean()
+        kl = global_mean((log_target.exp() * (log_target - nn.functional.log_softmax(scores, dim=1))).sum(1).mean(),
+                         len(users))
         kd = config.kd_weight * temperature**2 * kl
         return loss + kd, {**parts, "kd": float(kd.detach())}
 
@@ -209,7 +213,7 @@ def _post_hoc(model: UserVectorModel, dataset: Any, out_dir: str | Path | None, 
               dense_bytes: int) -> CompressResult:
     model.eval()
     meta = {**meta, "valid": model.evaluate(dataset, "valid"), "test": model.evaluate(dataset, "test")}
-    if out_dir is not None:
+    if out_dir is not None and is_main():  # torch.distributed: rank 0 writes
         save_checkpoint(Path(out_dir) / "best", model, meta)
     return CompressResult(fit=None, test=meta["test"], table_bytes=meta["table_bytes"],
                           dense_table_bytes=dense_bytes, meta=meta)
@@ -358,6 +362,27 @@ def compress_cf_kmeans(cfg: CFKMeansConfig, dataset: Any) -> tuple[UserVectorMod
     builder = codebook_table_builder(cfg.M, cfg.K, cfg.bitpack, cfg.max_codebooks, codes="rq", seed=cfg.seed,
                                      dtype=cfg.dtype)
     return compress_cf("cf-kmeans", _teacher_path(cfg), dataset, cfg.budget, builder, out_dir=cfg.out or None,
+                       fine_tune=False)
+
+
+def quantized_builder(bits: int) -> TableBuilder:
+    """``builder(teacher, budget_bytes)``: the teacher's rows as ``bits``-bit integers with a float32 scale
+    each (:class:`~pocketrec.tables.quantized.QuantizedTable`); the size is fixed, the budget only checked."""
+
+    def build(teacher: Any, budget_bytes: int) -> tuple[QuantizedTable, dict[str, Any]]:
+        table = QuantizedTable.from_rows(teacher.table.all_rows().detach(), bits=bits)
+        if table.nbytes() > budget_bytes:
+            raise ValueError(f"int{bits} rows take {table.nbytes():,} B, over the budget {budget_bytes:,} B")
+        return table, {"bits": bits}
+
+    return build
+
+
+def compress_cf_quantized(cfg: Int8Config, data: Any) -> tuple[UserVectorModel, CompressResult]:
+    """``cf-int8`` / ``cf-int4`` (the registry's runners): no training; the budget defaults to the dense table."""
+    method = f"cf-int{cfg.bits}"
+    budget = cfg.budget if cfg.budget != RecipeConfig.budget else "1x"
+    return compress_cf(method, _teacher_path(cfg), data, budget, quantized_builder(cfg.bits), out_dir=cfg.out or None,
                        fine_tune=False)
 
 

@@ -3,7 +3,7 @@
 Paper: Xia, Yin, Yu, Wang, Xu, Nguyen, "Efficient On-Device Session-Based Recommendation", ACM TOIS 41(4),
 2023 (arXiv 2209.13422); code ``github.com/xiaxin1998/EODRec``.
 
-Recipe (METHODS.md §2), through the shared :func:`~pocketrec.methods.recipe.distill_to_budget`:
+Recipe (docs/methods/eodrec.md), through the shared :func:`~pocketrec.methods.recipe.distill_to_budget`:
 
 1. the budget solver picks ``M`` codebooks of ``K`` codewords (:meth:`CodebookTable.config_for_budget`:
    the most code bits per item that fit, codebooks and codes both counted; by default codes bit-packed,
@@ -25,7 +25,7 @@ Recipe (METHODS.md §2), through the shared :func:`~pocketrec.methods.recipe.dis
    ``every`` steps each item's codes take a proximal step along its row's loss gradient
    (:mod:`pocketrec.train.code_refresh`).
 
-What differs from the authors' code (METHODS.md §2.7), on purpose: the student is truly compressed (no
+What differs from the authors' code (docs/methods/eodrec.md), on purpose: the student is truly compressed (no
 ``(1 - η)`` share of the teacher table, ever); codes are stored as integers (uint8/uint16 or bit-packed)
 and counted by ``nbytes()``; every trainable part is in the optimiser; codes are the argmax of a converged
 encoder, not one noisy Gumbel sample after one epoch; KL mean-reduced (λ weighs a per-example KL);

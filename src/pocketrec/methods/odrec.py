@@ -3,7 +3,7 @@
 Paper: Xia, Yin, Yu, Wang, Xu, Nguyen, "On-Device Next-Item Recommendation with Self-Supervised
 Knowledge Distillation", SIGIR 2022 (arXiv 2204.11091); code ``github.com/xiaxin1998/OD-Rec``.
 
-Recipe (METHODS.md §1):
+Recipe (docs/methods/odrec.md):
 
 1. load the teacher checkpoint (a session encoder with a dense item table) and refuse it if it was
    trained on another dataset;
@@ -17,20 +17,20 @@ Recipe (METHODS.md §1):
 5. train with the self-supervised distillation loss of :mod:`pocketrec.train.distill`
    (CE + KL + hot/cold-recombination InfoNCE + predictive CE), selecting the epoch on validation.
 
-What differs from the authors' code (see METHODS.md §1.3, §1.8):
+What differs from the authors' code (see docs/methods/odrec.md):
 
 * the optimiser is built after every module exists, so the TT cores, readouts and projections train
-  (the released student never updates them, §1.8.1); the teacher-side hot/cold readouts are trained
-  with the student (§1.8.2); the teacher's logits are detached (§1.8.7);
+  (the released student never updates them); the teacher-side hot/cold readouts are trained
+  with the student (the authors never train them); the teacher's logits are detached;
 * the KL is mean-reduced over examples instead of summed over a batch of 100 (λ = 0.8 then weighs a
-  per-example KL; §1.4.6); the predictive term's hot-only/cold-only swap is the symmetric one (§1.8.6);
-* one per-item TT layout in training and serving, any ``t`` (§1.3, §1.8.5); the table is sized by a
+  per-example KL); the predictive term's hot-only/cold-only swap is the symmetric one;
+* one per-item TT layout in training and serving, any ``t``; the table is sized by a
   byte budget rather than by a fixed rank 60;
 * toolkit choices the paper does not make: the student's encoder starts from the teacher's, and the
   cores may be warm-started from the teacher's table (both on by default, both switchable) -- they
   make short runs converge; the SSL terms use one prefix per batch row by default;
-* model selection on a validation split, test reported at the chosen epoch (§1.8.9); full ranking
-  with ``torch.topk`` semantics and the padding id never ranked (§1.8.8).
+* model selection on a validation split, test reported at the chosen epoch; full ranking
+  with ``torch.topk`` semantics and the padding id never ranked.
 """
 
 from __future__ import annotations

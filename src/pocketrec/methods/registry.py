@@ -166,3 +166,12 @@ register("cf-kmeans", f"{_CF}:CFKMeansConfig", f"{_CF}:compress_cf_kmeans",
 register("cf-dense-small", f"{_CF}:CFDenseSmallConfig", f"{_CF}:compress_cf_dense_small",
          "baseline, collaborative filtering: the teacher's backbone with a smaller d that fits, from scratch",
          kind="scratch", family="cf")
+register("cf-int8", f"{_BASE}:Int8Config", f"{_CF}:compress_cf_quantized",
+         "baseline, collaborative filtering: the propagated item vectors as 8-bit integers, no training (fixed size)",
+         kind="post-hoc", fixed_size=True, family="cf")
+register("cf-int4", f"{_BASE}:Int4Config", f"{_CF}:compress_cf_quantized",
+         "baseline, collaborative filtering: the propagated item vectors as 4-bit integers, no training (fixed size)",
+         kind="post-hoc", fixed_size=True, family="cf")
+register("rule", "pocketrec.methods.rule:RuleConfig", "pocketrec.methods.rule:compress_rule",
+         "RULE (KDD 2021), collaborative filtering: elastic item blocks trained once, then `pocketrec customize` "
+         "fits any budget without retraining", family="cf")

@@ -1,6 +1,6 @@
 """Session encoder: a SASRec-style causal Transformer with a soft-attention readout.
 
-Follows the teacher/student backbone of OD-Rec and EODRec (METHODS.md §1.2): item embedding plus
+Follows the teacher/student backbone of OD-Rec and EODRec (docs/methods/teachers.md): item embedding plus
 learned positions, LayerNorm, post-LN Transformer layers, then an SR-GNN style soft-attention readout
 over the session. Differences from the authors' code, on purpose:
 
@@ -330,11 +330,13 @@ class SessionRecommender(Recommender):
     def training_loss(self) -> LossFn:
         """Cross-entropy of every target position over the whole catalogue."""
         from pocketrec.train.catalogue_loss import catalogue_cross_entropy
+        from pocketrec.train.distributed import global_mean
         from pocketrec.train.losses import targets_and_queries
 
         def loss_fn(batch: Any) -> tuple[Tensor, dict[str, float]]:
             queries, targets = targets_and_queries(self, batch)
-            return catalogue_cross_entropy(queries, self.scoring_rows(), targets), {}
+            # global_mean: a rank's mean over its slice, weighted for DDP's average (itself in one process)
+            return global_mean(catalogue_cross_entropy(queries, self.scoring_rows(), targets), len(targets)), {}
         return loss_fn
 
     def evaluate(self, dataset: Any, split: str, batch_size: int = 256, progress: bool = False,

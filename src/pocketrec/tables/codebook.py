@@ -4,10 +4,10 @@ Code Learning", ICLR 2018).
 
 Every item ``i`` in ``1..n`` has ``M`` integer codes ``c_i^m`` in ``0..K-1``; its vector is the SUM of one
 codeword from each of ``M`` codebooks: ``e_i = sum_m A[m, c_i^m]`` with ``A`` of shape ``(M, K, dim)``
-(METHODS §2.2). Id 0 (padding) gives zeros. The device stores the codebooks (float32 or float16) and the
+(docs/methods/eodrec.md). Id 0 (padding) gives zeros. The device stores the codebooks (float32 or float16) and the
 codes of items ``1..n`` as the smallest unsigned integer type (uint8 for ``K <= 256``, uint16 up to 65536)
 or bit-packed at ``ceil(log2 K)`` bits (:mod:`pocketrec.formats.bitpack`), so
-``nbytes = M*K*dim*itemsize + n*M*code_bytes`` (METHODS §2.6/§6).
+``nbytes = M*K*dim*itemsize + n*M*code_bytes`` (docs/methods/eodrec.md).
 
 Scoring one query never rebuilds the item rows: it builds the lookup table ``LUT[m, k] = q . A[m, k]``
 (``M*K*dim`` multiply-adds) and sums ``M`` gathered LUT entries per item (``n*M`` adds) — the device path.
@@ -16,7 +16,7 @@ fused ``embedding_bag`` sum of codewords (never an ``items x M x dim`` tensor), 
 ``b*n*M`` scattered gathers cost more than ``n*M*dim`` streamed adds plus a ``b x n x dim`` GEMM once a
 batch has a few dozen queries.
 
-What differs from the authors' code (METHODS §2.7), on purpose:
+What differs from the authors' code (docs/methods/eodrec.md), on purpose:
 
 * True compression: no teacher mixing ``eta * onehot(C) A + (1 - eta) * E_T``; the table is the codes
   and codebooks alone (the equivalent of ``eta = 1``).

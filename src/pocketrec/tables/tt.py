@@ -15,7 +15,7 @@ Layout (``K >= 2`` cores, TT ranks ``R_0 = R_K = 1`` and ``R_1 = ... = R_{K-1} =
 
     G_k : (R_{k-1} / t_k, I_k, J_k / t_k, R_k)
 
-so ``|θ| = I_1 J_1 R + Σ_{k≥2} I_k J_k R_{k-1} R_k / t²``, the parameter count of METHODS.md §1.3
+so ``|θ| = I_1 J_1 R + Σ_{k≥2} I_k J_k R_{k-1} R_k / t²``, the parameter count of OD-Rec's code (docs/methods/odrec.md)
 (Tmall ``[169, 241] x [16, 8]``, ``R = 60``, ``t = 2``: 191,160 parameters).
 
 Per-item chain. Item ``id`` has digits ``(i_1, ..., i_K)`` with ``id = Σ_k i_k Π_{l>k} I_l``. The running
@@ -25,11 +25,11 @@ output rank ``r`` of core ``k``,
     M_k[:, r] = vec( M_{k-1} ⋉ G_k[:, i_k, :, r] ) = vec( M_{k-1} · (G_k[:, i_k, :, r] ⊗ I_t) ),
 
 ``vec`` being row-major, so the new width index is ``j_k = q·t + s`` (``q < J_k/t``, ``s < t``). The row is
-``e_id = M_K[:, 0]``. For two cores this is exactly METHODS.md's
+``e_id = M_K[:, 0]``. For two cores this is exactly docs/methods/odrec.md's
 ``e_id[j_1 J_2 + q t + s] = Σ_p G_1[i_1, j_1, p t + s] · G_2[p, i_2, q]``. With ``t = 1`` it is a plain TT.
 The Kronecker product with ``I_t`` is never built: it is an interleave, computed with one einsum per core.
 
-What differs from the authors' code (see METHODS.md §1.3 and §1.8):
+What differs from the authors' code (see docs/methods/odrec.md):
 
 * One layout in training and serving. OD-Rec's ``student.py`` trains on ``reshape(n, d)`` of the whole
   ``G_1 ⋉ G_2`` product (a row is a contiguous slice, not an item's TT row), while ``mobile.py`` serves

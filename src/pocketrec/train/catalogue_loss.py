@@ -15,7 +15,7 @@ cross-entropy" trick of e.g. Liger-Kernel, for a CPU and with the distillation t
 
 Scores are ``queries @ rows.T`` with column 0 (padding) masked to the dtype's minimum, i.e. exactly what
 :meth:`SessionRecommender.item_scores` ranks by when ``rows`` is :meth:`SessionRecommender.scoring_rows`.
-The teacher side of the KL is a constant (no gradient), as in METHODS.md §1.8 item 7.
+The teacher side of the KL is a constant (no gradient): the authors' code forgets to detach it (docs/methods/odrec.md).
 """
 
 from __future__ import annotations

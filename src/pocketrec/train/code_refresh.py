@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pocketrec.tables.codebook import CodebookTable
+from pocketrec.train import distributed
 
 
 @dataclass
@@ -67,6 +68,9 @@ class CodeRefresher:
             return
         grads = self.table.row_gradients
         assert grads is not None
+        # Under torch.distributed each rank summed its slice's gradients: their mean over the ranks is the
+        # global batch's (DDP's convention), so every rank refreshes to the same codes.
+        distributed.all_reduce_mean_(grads)
         with torch.no_grad():
             row_norm = float(self.table.row_norms()[1:].mean())
             grad_norm = float(grads[1:].norm(dim=1).mean())
@@ -74,7 +78,7 @@ class CodeRefresher:
             return
         stats = {"step": float(step), **self.table.refresh_codes(self.config.trust * row_norm / grad_norm)}
         self.history.append(stats)
-        if self.log is not None:
+        if self.log is not None and distributed.is_main():
             self.log(f"step {step}: codes refreshed, {100 * stats['codes_changed']:.2f}% of codes "
                      f"({100 * stats['items_changed']:.1f}% of items) changed")
 

@@ -3,7 +3,7 @@
 EODRec (Xia et al., "Efficient On-Device Session-Based Recommendation", ACM TOIS 41(4), 2023) learns
 each item's ``M`` codes with the autoencoder of deep compositional code learning (Shu & Nakayama,
 "Compressing Word Embeddings via Deep Compositional Code Learning", ICLR 2018), fed with the teacher's
-item vector ``e`` (METHODS §2.2):
+item vector ``e`` (docs/methods/eodrec.md):
 
 * encoder ``h = tanh(W1 e + b1)`` in ``R^{MK/2}``, ``a = softplus(W2 h + b2)`` in ``R^{M x K}``,
   ``pi = softmax_K(log a)`` (= ``a / sum_K a``; as in Shu & Nakayama the Gumbel-softmax takes
@@ -13,7 +13,7 @@ item vector ``e`` (METHODS §2.2):
 * decoder ``e_hat = sum_m y_m A_m`` with ``A`` the ``(M, K, d)`` codebooks, i.e. the table's own sum
   composition; loss ``|e_hat - e|^2`` summed over ``d``, averaged over items.
 
-What differs from the authors' code (METHODS §2.7), on purpose:
+What differs from the authors' code (docs/methods/eodrec.md), on purpose:
 
 * Reconstruction is the whole objective of this phase. The authors add the recommendation CE on a
   table mixed with the teacher's (``eta * codes + (1 - eta) * E_T``) and divide the MSE by ``n`` twice,

@@ -1,23 +1,24 @@
 """Self-supervised knowledge distillation from a frozen teacher (OD-Rec; reused by EODRec).
 
-The loss (METHODS.md §1.4, without the bugs of §1.8) is
+The loss (docs/methods/odrec.md, without the bugs of the authors' code) is
 
     L = (1 - λ) L_rec + λ L_KD + β L_CL + α L_pred
 
 * ``L_rec``: catalogue cross-entropy of the student's logits at every target position.
 * ``L_KD``: KL(teacher || student) of the catalogue distributions at every target position, at
   temperature ``kd_temperature`` (scaled by T²). The teacher runs in eval mode under ``no_grad`` (the
-  authors' code forgets to detach, §1.8 item 7). **Mean-reduced** over examples, whereas the authors
+  authors' code forgets to detach). **Mean-reduced** over examples, whereas the authors
   *sum* over their batch of 100, which makes their λ = 0.8 an effective weight of about 80 against the
   mean-reduced CE. Here λ = 0.8 (default) weighs a per-example KL, so the CE and KL are balanced
   0.2 : 0.8 per example whatever the batch size. The padding column is left out of the KL.
 * ``L_CL``: InfoNCE (cosine, τ = ``cl_temperature``) between the recombined views ``v_S``, ``v_T`` of
   :mod:`pocketrec.train.recombination`; the other prefixes of the batch are the negatives. With
   ``bidirectional`` the loss is the mean of the two directions (``v_S`` anchors against all ``v_T`` and
-  ``v_T`` against all ``v_S``), EODRec's placeholder of METHODS.md §2.7 item 5; averaging keeps β's scale.
+  ``v_T`` against all ``v_S``), one reading of EODRec's "bidirectional" (docs/methods/eodrec.md); averaging
+  keeps β's scale.
 * ``L_pred``: ``CE(score_S(W_c[r_S_hot; r_T_cold]), y) + CE(score_T(W_d[r_T_hot; r_S_cold]), y)``, the
   hot-only / cold-only prefixes contributing the symmetric swap ``CE(score_S(z_T), y) + CE(score_T(z_S), y)``
-  (the authors pass these in a scrambled order, §1.8 item 6). ``score_M(v)`` ranks the catalogue with
+  (the authors pass these in a scrambled order). ``score_M(v)`` ranks the catalogue with
   model M's own table and scoring convention: the paper's ``norm(v) · Eᵀ`` for raw dot-product models,
   and the cosine ``scale · cos(v, e)`` of :meth:`SessionRecommender.item_scores` when the encoder
   normalises (``EncoderConfig.normalize``).
@@ -27,13 +28,13 @@ SSL prefixes. By default only the longest prefix of each batch row (``ssl_positi
 
 What is trained. The student (table and encoder) and the :class:`RecombinationHeads`: the four
 sub-session readouts (the teacher-side ``teacher_hot``/``teacher_cold`` included -- the authors never
-train them, §1.8 item 2) and ``W_a..W_d``. The teacher's encoder and item table are frozen
+train them) and ``W_a..W_d``. The teacher's encoder and item table are frozen
 (``requires_grad_(False)``) unless ``teacher_lr > 0``. The optimiser is built by the trainer *after* all of these exist
-(:meth:`DistillationLoss.param_groups`), unlike the authors' code (§1.8 item 1). The heads are
+(:meth:`DistillationLoss.param_groups`), unlike the authors' code (built first, those never train). The heads are
 training-only: checkpoints hold the student alone.
 
 Student -> teacher (``teacher_lr > 0``, off by default). EODRec calls its distillation *bidirectional*;
-the authors' code never updates the teacher (METHODS.md §2.7 item 5). With ``teacher_lr > 0`` the
+the authors' code never updates the teacher (docs/methods/eodrec.md). With ``teacher_lr > 0`` the
 teacher learns from the student too, mutual-learning style: an extra term ``s2t = (1 - λ) CE_T +
 λ KL(student || teacher)`` whose gradient reaches only the teacher (its own optimizer group at
 ``teacher_lr``, the student's side held constant), still in eval mode (no dropout). The teacher is a
@@ -59,6 +60,7 @@ from pocketrec.data.batching import Batch
 from pocketrec.models.session_encoder import SessionRecommender
 from pocketrec.train.catalogue_loss import catalogue_cross_entropy, catalogue_losses
 from pocketrec.train.checkpoint import copy_weights
+from pocketrec.train.distributed import is_distributed, shard_weights
 from pocketrec.train.losses import info_nce
 from pocketrec.train.recombination import POSITIONS, RecombinationHeads, select_positions, split_prefixes
 
@@ -199,7 +201,13 @@ class DistillationLoss(nn.Module):
         return groups
 
     def terms(self, batch: Batch) -> dict[str, Tensor]:
-        """Each enabled term, unweighted, as a differentiable scalar."""
+        """Each enabled term, unweighted, as a differentiable scalar.
+
+        Under ``torch.distributed`` (``batch`` a rank's slice of the global batch) each term is this rank's
+        share of the global batch's term: its means over the slice weighted by
+        :func:`~pocketrec.train.distributed.shard_weights`, InfoNCE's negatives gathered from every rank,
+        so that DDP's average of the gradients is the single-process gradient.
+        """
         cfg, student, teacher = self.config, self.student, self.teacher
         teacher.eval()
         self.heads.train(student.training)
@@ -212,6 +220,12 @@ class DistillationLoss(nn.Module):
             z_t_all = teacher.prefix_queries(batch.inputs)
         ssl = cfg.enabled("cl") or cfg.enabled("pred")
         out: dict[str, Tensor] = {}
+        if ssl:
+            rows, cols = select_positions(mask, cfg.ssl_positions)
+            split = split_prefixes(batch.inputs, rows, cols, self.hot_mask)
+        sharded = is_distributed()
+        if sharded:  # every rank, every step, the same collectives: the all-ranks counts of the means
+            target_weight, ssl_weight = shard_weights(len(targets), int(split.used.sum()) if ssl else 0)
 
         student_rows = student.scoring_rows()
         with teacher_grad():
@@ -221,6 +235,8 @@ class DistillationLoss(nn.Module):
             rec, kl = catalogue_losses(z_s_all[mask], student_rows, targets,
                                        teacher_queries=z_t_all[mask] if kd else None,
                                        teacher_rows=teacher_rows if kd else None, temperature=cfg.kd_temperature)
+            if sharded:
+                rec, kl = rec * target_weight, kl * target_weight
             if cfg.enabled("rec"):
                 out["rec"] = rec
             if kd:
@@ -231,9 +247,9 @@ class DistillationLoss(nn.Module):
             rec_t, kl_t = catalogue_losses(z_t_all[mask], teacher_rows, targets, teacher_queries=z_s_all[mask],
                                            teacher_rows=student_rows, temperature=cfg.kd_temperature)
             out["s2t"] = (1.0 - cfg.kd_weight) * rec_t + cfg.kd_weight * kl_t
+            if sharded:
+                out["s2t"] = out["s2t"] * target_weight
         if ssl:
-            rows, cols = select_positions(mask, cfg.ssl_positions)
-            split = split_prefixes(batch.inputs, rows, cols, self.hot_mask)
             used = split.used
             if bool(used.any()):
                 z_s, z_t = z_s_all[rows, cols], z_t_all[rows, cols]
@@ -252,10 +268,17 @@ class DistillationLoss(nn.Module):
                     p_s, p_t = self.heads.predictive_views(parts, split, z_s, z_t)
                     out["pred"] = (catalogue_cross_entropy(_as_query(student, p_s), student_rows, y_ssl)
                                    + catalogue_cross_entropy(_as_query(teacher, p_t), teacher_rows, y_ssl))
+                    if sharded:
+                        out["pred"] = out["pred"] * ssl_weight
             else:
                 for term in ("cl", "pred"):
                     if cfg.enabled(term):
                         out[term] = z_s_all.sum() * 0.0  # no usable prefix in this batch
+                if sharded and cfg.enabled("cl"):  # the other ranks gather this rank's (no) rows
+                    none = z_s_all.reshape(-1, z_s_all.shape[-1])[:0]
+                    out["cl"] = out["cl"] + info_nce(none, none, cfg.cl_temperature)
+                    if cfg.bidirectional:
+                        out["cl"] = out["cl"] + info_nce(none, none, cfg.cl_temperature)
         return out
 
     def forward(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:

@@ -1,4 +1,4 @@
-"""Hot/cold embedding recombination (OD-Rec, reused by EODRec): METHODS.md §1.4 item 3.
+"""Hot/cold embedding recombination (OD-Rec, reused by EODRec; docs/methods/odrec.md).
 
 Items are *hot* when they are among the most frequent ``hot_ratio`` of the distinct items seen in the
 training inputs (counted over the prefix-expanded samples, :meth:`Dataset.item_counts`), *cold*
@@ -118,7 +118,7 @@ class RecombinationHeads(nn.Module):
 
     * ``student_hot``, ``student_cold``: sub-session readouts over the *student's* item embeddings;
     * ``teacher_hot``, ``teacher_cold``: the teacher's sub-session readouts over the *teacher's* item
-      embeddings. The authors never train these (METHODS.md §1.8 item 2); here they are ordinary
+      embeddings. The authors never train these; here they are ordinary
       trainable parameters updated by the CL/pred losses together with the student, while the
       teacher's encoder and table stay frozen;
     * ``w_a``, ``w_b`` (contrastive views) and ``w_c``, ``w_d`` (predictive views): bias-free 2d -> d.

@@ -12,6 +12,7 @@ from typing import Any
 
 from pocketrec.backbones.base import LossFn, Recommender
 from pocketrec.config import to_dict
+from pocketrec.train import distributed
 from pocketrec.train.checkpoint import (
     CheckpointError,
     load_optimizer_state,
@@ -47,6 +48,11 @@ def run_training(model: Recommender, dataset: Any, train_cfg: TrainConfig, out_d
     are the backbone's (:class:`~pocketrec.backbones.base.Recommender`), ``loss_fn`` defaults to its own
     training loss, and ``train_cfg.metric`` to its selection metric. The test split is evaluated once, at
     the best-validation epoch, and stored in ``best/checkpoint.json`` as ``test``.
+
+    Under ``torch.distributed`` (:mod:`pocketrec.train.distributed`) every rank calls this: training and
+    evaluation are sharded, rank 0 alone writes the checkpoints (atomically, the single-process format) and
+    alone reads the one to resume, which it broadcasts, so any world size resumes any run; an error in
+    reading it is raised on every rank. Every rank returns the same result once rank 0's last save is done.
     """
     loss_fn = loss_fn or model.training_loss()
     train_cfg = dataclasses.replace(train_cfg, metric=train_cfg.metric or model.selection_metric)
@@ -61,7 +67,7 @@ def run_training(model: Recommender, dataset: Any, train_cfg: TrainConfig, out_d
 
     def on_epoch_end(epoch, record, is_best, optimizer) -> None:
         fit_history.append(_plain(record))
-        if out_dir is None:
+        if out_dir is None or not distributed.is_main():
             return
         info = {**meta, "epoch": epoch, "valid": record["valid"], "train_config": to_dict(train_cfg)}
         if is_best:
@@ -72,6 +78,24 @@ def run_training(model: Recommender, dataset: Any, train_cfg: TrainConfig, out_d
     def restore(optimizer) -> dict[str, Any] | None:
         if not resume or last_dir is None:
             return None
+        if not distributed.is_distributed():
+            return read_resume_state(optimizer)
+
+        def read() -> tuple[dict[str, Any], Any, Any] | None:
+            state = read_resume_state(optimizer)
+            return None if state is None else (state, model.state_dict(), optimizer.state_dict())
+
+        payload = distributed.on_main(read)
+        if payload is None:
+            return None
+        state, weights, optimizer_state = payload
+        if not distributed.is_main():
+            model.load_state_dict(weights)
+            optimizer.load_state_dict(optimizer_state)
+            fit_history.extend(state["history"])
+        return state
+
+    def read_resume_state(optimizer) -> dict[str, Any] | None:
         for folder in (best_dir, last_dir):  # a save killed between its two renames leaves the old one aside
             restore_interrupted_save(folder)
         if not last_dir.exists():
@@ -99,10 +123,11 @@ def run_training(model: Recommender, dataset: Any, train_cfg: TrainConfig, out_d
                  on_epoch_end=on_epoch_end, resume=restore, on_step=on_step)
     test = model.evaluate(dataset, "test", batch_size=train_cfg.eval_batch_size, desc="test")
     result.history.append({"test": test})
-    if best_dir is not None:
+    if best_dir is not None and distributed.is_main():
         save_checkpoint(best_dir, model, {**meta, "epoch": result.best_epoch, "valid": result.best_valid,
                                           "test": test, "train_config": to_dict(train_cfg),
                                           "epoch_seconds": result.epoch_seconds})
+    distributed.barrier()
     return result
 
 

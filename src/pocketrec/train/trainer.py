@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pocketrec.data.batching import BatchSource
+from pocketrec.train import distributed
 from pocketrec.train.allocator import reuse_large_allocations
 
 LossFn = Callable[[Any], tuple[Tensor, dict[str, float]]]
@@ -125,9 +126,24 @@ def fit(model: nn.Module, train: BatchSource, loss_fn: LossFn, validate: Callabl
 
     A non-finite loss (checked before its step is taken), weight or validation metric raises
     :class:`DivergedError` before anything of that epoch reaches ``on_epoch_end``.
+
+    Data-parallel when a ``torch.distributed`` process group is up (:mod:`pocketrec.train.distributed`):
+    every rank draws the same global batches and trains on its slice of each, the gradients of the
+    optimised parameters averaged by DDP; the loss checked and logged is the global one; ``validate``,
+    ``resume`` and ``on_epoch_end`` run on every rank (they decide themselves what only rank 0 does); only
+    rank 0 logs. A single process is the world of one: no wrapper, no communication, the same arithmetic.
     """
+    with distributed.watching():  # the watchdog of a distributed run, armed while training
+        return _fit(model, train, loss_fn, validate, config, parameters, on_epoch_end, resume, on_step, log)
+
+
+def _fit(model, train, loss_fn, validate, config, parameters, on_epoch_end, resume, on_step, log) -> FitResult:
     reuse_large_allocations()
+    main = distributed.is_main()
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    if not main:
+        log = _silent
+        config = distributed.local_config(config)
     groups = parameters or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a resumed state overwrites them
@@ -145,6 +161,9 @@ def fit(model: nn.Module, train: BatchSource, loss_fn: LossFn, validate: Callabl
         bad_epochs = int(state.get("bad_epochs", 0))
         best_state = state.get("best_state")
         log(f"resumed after epoch {start_epoch}")
+    # After resuming: DDP starts from rank 0's weights. The loss_fn itself in a single process.
+    step_fn = distributed.data_parallel(loss_fn, [p for g in groups for p in g["params"]])
+    sharded = distributed.is_distributed()
     steps = train.num_batches()
     stopped_early = False
     for epoch in range(start_epoch, config.epochs):
@@ -155,11 +174,16 @@ def fit(model: nn.Module, train: BatchSource, loss_fn: LossFn, validate: Callabl
         started = time.perf_counter()
         totals: dict[str, float] = {}
         batches = train.batches(config.seed + epoch)
+        if sharded:
+            batches = distributed.shard_batches(batches)
         bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress,
                    leave=False, mininterval=1.0)
         for step, batch in enumerate(bar, 1):
-            loss, parts = loss_fn(batch)
+            loss, parts = step_fn(batch)
             loss_value = loss.item()
+            if sharded:
+                loss_value, parts = distributed.mean_over_ranks(loss_value, parts)
+                distributed.heartbeat()
             if not math.isfinite(loss_value):
                 raise DivergedError(_diverged(f"epoch {epoch + 1}, step {step}: the loss is {loss_value}", best_epoch))
             optimizer.zero_grad(set_to_none=True)
@@ -206,6 +230,10 @@ def fit(model: nn.Module, train: BatchSource, loss_fn: LossFn, validate: Callabl
     if best_state is not None:
         model.load_state_dict(best_state)
     return FitResult(best_epoch=best_epoch, best_valid=best_valid, history=history, stopped_early=stopped_early)
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def _diverged(what: str, best_epoch: int) -> str:
