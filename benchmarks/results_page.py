@@ -142,6 +142,7 @@ FILE_COMMANDS: dict[str, Callable[[Row], str]] = {
     "codebook_precision": lambda r: f"python benchmarks/codebook_precision.py --teacher {r['teacher']} "
                                     f"--ratio {r['ratio_target']:g}",
     "tt_order": lambda r: f"python benchmarks/tt_order.py --teachers {r['teacher']} --ratio 30",
+    "rule": lambda r: r.get("script") or f"python benchmarks/rule.py --datasets {r['dataset']}",
 }
 
 
@@ -205,7 +206,7 @@ class Page:
     def teachers(self) -> list[Row]:
         """Every dense teacher, as ``{dataset, name, table_bytes, recall@20, ..., file, row}``."""
         out = [dict(r, name=r["method"], file="teacher") for r in self.rows("teacher")]
-        out += [dict(r, name=r["method"], file="cf_tables") for r in self.rows("cf_tables")
+        out += [dict(r, name=r["method"], file=name) for name in ("cf_tables", "rule") for r in self.rows(name)
                 if r["method"].endswith("(teacher)")]
         return out
 
