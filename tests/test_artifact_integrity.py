@@ -18,7 +18,7 @@ from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
 from pocketrec.cli import app
-from pocketrec.device import artifact as artifact_module
+from pocketrec.device import np_resize
 from pocketrec.device.artifact import export_artifact
 from pocketrec.device.onnx_export import export_onnx
 from pocketrec.device.runtime import ArtifactError, artifact_checksum, load, read_artifact
@@ -308,7 +308,7 @@ def test_cli_export_reports_the_bytes_it_wrote(tiny_teacher_dir, tmp_path, monke
         replace(src, dst)
         Path(dst).write_bytes(b"someone else's file")
 
-    monkeypatch.setattr(artifact_module.os, "replace", racing_replace)
+    monkeypatch.setattr(np_resize.os, "replace", racing_replace)  # the one atomic writer of device files
     out = tmp_path / "m.safetensors"
     result = runner.invoke(app, ["export", str(tiny_teacher_dir), "-o", str(out)])
     assert result.exit_code == 0, result.output

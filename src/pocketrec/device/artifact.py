@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pocketrec.device.np_resize import ExportedFile, write_atomically
 from pocketrec.device.runtime import (
     FORMAT,
     USER_QUERY,
@@ -51,14 +50,6 @@ from pocketrec.device.runtime import (
     non_finite_message,
 )
 from pocketrec.device.signing import sign
-
-
-class ExportedFile(type(Path())):  # type: ignore[misc]  # PosixPath/WindowsPath: subclassable on 3.10+
-    """The path an export wrote, with ``nbytes``: the size of what this export wrote, taken before the file
-    was renamed into place (a concurrent export to the same path may have replaced it since, so
-    ``stat()`` can disagree). Paths derived from it (``.parent``, ...) have no ``nbytes``."""
-
-    nbytes: int
 
 
 def _halve(tensors: dict[str, np.ndarray], description: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -88,24 +79,6 @@ def check_target(path: str | Path) -> Path:
         if (folder / META_FILE).is_file():
             raise ValueError(f"{path} is inside the checkpoint folder {folder}; write the export outside it")
     return path
-
-
-def write_atomically(path: Path, write: Callable[[str], None]) -> ExportedFile:
-    """Call ``write(tmp)`` on a temporary file next to ``path`` and rename it to ``path``: the target is never
-    half-written and a failure leaves nothing behind. The result's ``nbytes`` is the size written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        nbytes = os.stat(tmp).st_size
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    written = ExportedFile(path)
-    written.nbytes = nbytes
-    return written
 
 
 def build_artifact(model: Any, vocab: list[str] | None = None, fp16: bool = False, dataset: str = "",

@@ -54,13 +54,21 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pocketrec.device.runtime import NORMS, artifact_checksum, non_finite, non_finite_message, read_artifact
+from pocketrec.device.runtime import (
+    NORMS,
+    artifact_checksum,
+    non_finite,
+    non_finite_message,
+    read_artifact,
+    read_safetensors,
+)
 from pocketrec.device.signing import sign, signature_matches
 from pocketrec.formats.elastic_arrays import (
     decode_mask,
@@ -114,32 +122,44 @@ def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata
                 f.write(memoryview(arr).cast("B"))
 
 
-class SavedFile(type(Path())):  # type: ignore[misc]  # PosixPath/WindowsPath: subclassable on 3.10+
-    """The path a save wrote, with ``nbytes``: the size written (taken before the rename into place)."""
+class ExportedFile(type(Path())):  # type: ignore[misc]  # PosixPath/WindowsPath: subclassable on 3.10+
+    """The path a write produced, with ``nbytes``: the size of what this write wrote, taken before the file
+    was renamed into place (a concurrent write to the same path may have replaced it since, so ``stat()``
+    can disagree). Paths derived from it (``.parent``, ...) have no ``nbytes``."""
 
     nbytes: int
 
 
-def save_artifact(path: str | Path, tensors: dict[str, np.ndarray], manifest: dict[str, str]) -> SavedFile:
-    """Write an artifact (or a delta) atomically with canonical bytes (:func:`write_safetensors`): to a
-    temporary file next to ``path``, then renamed into place, so ``path`` is never half a file and a failure
-    leaves nothing behind; returns the path with ``nbytes``."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory; give the output file's name")
+#: what :func:`save_artifact` returns (the same type as an export's)
+SavedFile = ExportedFile
+
+
+def write_atomically(path: Path, write: Callable[[str], None]) -> ExportedFile:
+    """Call ``write(tmp)`` on a temporary file next to ``path`` and rename it to ``path``: the target is never
+    half-written and a failure leaves nothing behind. The result's ``nbytes`` is the size written. The one
+    atomic writer of device files (exports, ONNX graphs, resized artifacts, deltas)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        write_safetensors(tmp, tensors, manifest)
+        write(tmp)
         nbytes = os.stat(tmp).st_size
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    written = SavedFile(path)
+    written = ExportedFile(path)
     written.nbytes = nbytes
     return written
+
+
+def save_artifact(path: str | Path, tensors: dict[str, np.ndarray], manifest: dict[str, str]) -> ExportedFile:
+    """Write an artifact (or a delta) atomically (:func:`write_atomically`) with canonical bytes
+    (:func:`write_safetensors`); returns the path with ``nbytes``."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give the output file's name")
+    return write_atomically(path, lambda tmp: write_safetensors(tmp, tensors, manifest))
 
 
 def _table(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -271,18 +291,8 @@ class Delta:
     @classmethod
     def load(cls, path: str | Path) -> Delta:
         """Read and verify a delta file; ``DeltaError`` (one line) for a missing, truncated or damaged one."""
-        from safetensors import safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise DeltaError(f"{path}: no such delta file")
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                manifest = dict(f.metadata() or {})
-                tensors = {name: f.get_tensor(name) for name in f.keys()}
-        except Exception as err:  # safetensors raises its own error types for damaged files
-            reason = " ".join(str(err).split()) or type(err).__name__
-            raise DeltaError(f"{path}: not a readable delta file ({reason[:200]})") from None
+        tensors, manifest = read_safetensors(path, DeltaError, "delta file")
         delta = cls(tensors, manifest)
         delta.verify(str(path))
         return delta

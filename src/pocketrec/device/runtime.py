@@ -104,20 +104,30 @@ def non_finite_message(bad: list[tuple[str, int]], cause: str = "the model diver
     return f"{name} holds {count} non-finite values (NaN/inf){more}; {cause}"
 
 
-def read_artifact(path: str | Path, key: bytes | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Tensors and manifest of an artifact, verified (signed with ``key`` when given); raises :class:`ArtifactError`."""
+def read_safetensors(path: Path, error: type[Exception] = ValueError, what: str = "safetensors file"
+                     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Every tensor and the metadata of a ``.safetensors`` file; ``error`` (one line) for a missing, truncated or
+    damaged one (an artifact, a delta)."""
     from safetensors import safe_open
 
-    path = Path(path)
     if not path.is_file():
-        raise ArtifactError(f"{path}: no such artifact file")
+        raise error(f"{path}: no such {what}")
     try:
         with safe_open(str(path), framework="numpy") as f:
             manifest = dict(f.metadata() or {})
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as err:  # safetensors raises its own error types for damaged files
         reason = " ".join(str(err).split()) or type(err).__name__
-        raise ArtifactError(f"{path}: not a readable safetensors file ({reason[:200]})") from None
+        raise error(f"{path}: not a readable {what} ({reason[:200]})") from None
+    return tensors, manifest
+
+
+def read_artifact(path: str | Path, key: bytes | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Tensors and manifest of an artifact, verified (signed with ``key`` when given); raises :class:`ArtifactError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such artifact file")
+    tensors, manifest = read_safetensors(path, ArtifactError, "safetensors file")
     if manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a pocketrec device artifact (format {manifest.get('format')!r})")
     if manifest.get("version") != str(VERSION):
