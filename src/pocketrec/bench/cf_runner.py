@@ -37,6 +37,7 @@ from pocketrec.bench.runner import (
     _write,
     budget_tag,
     build_one,
+    ensure_built,
     markdown_table,
     median_ms,
     options_tag,
@@ -203,20 +204,12 @@ def run_cf_bench(cfg: BenchConfig, data: Any, log: Callable[[str], None] = print
             [(budget, size, out / f"{method}-{budget_tag(budget)}{tag}") for budget, size in budgets]
         for budget, size, run_dir in jobs:
             row: dict[str, Any] = {**head, "budget": budget, "budget_bytes": size}
-            if not _reusable(run_dir, data, size):
-                log(f"{method} @ {budget}: building")
-                started = time.perf_counter()
-                try:
-                    build_one(method, budget, size, teacher_dir, data, cfg, run_dir)
-                except ValueError as err:
-                    if "below the smallest" not in str(err):
-                        raise
-                    log(f"{method} @ {budget}: {err}")
-                    save({**row, "note": str(err)})
-                    continue
-                row["build_seconds"] = time.perf_counter() - started
-            else:
-                log(f"{method} @ {budget}: reusing {run_dir / 'best'}")
+            seconds, note = ensure_built(method, budget, size, teacher_dir, data, cfg, run_dir, log)
+            if note is not None:
+                save({**row, "note": note})
+                continue
+            if seconds is not None:
+                row["build_seconds"] = seconds
             meta = read_meta(run_dir / "best")
             table_bytes = int(meta["table_bytes"])
             row.update({"build_seconds": row.get("build_seconds", meta.get("build_seconds")), "table": meta["table"],

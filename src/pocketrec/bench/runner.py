@@ -199,6 +199,25 @@ def method_config(method: str, budget_bytes: int | None, teacher_dir: Path, data
     return load_config(type(mcfg), None, cfg.options_for(method), base=mcfg)
 
 
+def ensure_built(method: str, budget: str | None, budget_bytes: int | None, teacher_dir: Path, data: Dataset,
+                 cfg: BenchConfig, run_dir: Path, log: Callable[[str], None]) -> tuple[float | None, str | None]:
+    """:func:`build_one` unless a finished model of the same data within the budget is in ``run_dir``:
+    ``(build seconds or None when reused, the reason when no table of the method fits the budget)``."""
+    if _reusable(run_dir, data, budget_bytes):
+        log(f"{method} @ {budget}: reusing {run_dir / 'best'}")
+        return None, None
+    log(f"{method} @ {budget}: building")
+    started = time.perf_counter()
+    try:
+        build_one(method, budget, budget_bytes, teacher_dir, data, cfg, run_dir)
+    except ValueError as err:
+        if "below the smallest" not in str(err):
+            raise
+        log(f"{method} @ {budget}: {err}")
+        return None, str(err)
+    return time.perf_counter() - started, None
+
+
 def build_one(method: str, budget: str | None, budget_bytes: int | None, teacher_dir: Path, data: Dataset,
               cfg: BenchConfig, run_dir: Path) -> None:
     """Train or build ``method`` at ``budget`` into ``run_dir/best`` (through the method registry)."""
@@ -239,20 +258,15 @@ def run_bench(cfg: BenchConfig, data: Dataset, log: Callable[[str], None] = prin
         row: dict[str, Any] = {"dataset": data.name, "method": method, "budget": budget, "budget_bytes": size}
         if method != "teacher" and cfg.options_for(method):
             row["options"] = cfg.options_for(method)
-        started = time.perf_counter()
-        if method != "teacher" and not _reusable(run_dir, data, size):
-            log(f"{method} @ {budget}: building")
-            try:
-                build_one(method, budget, size, teacher_dir, data, cfg, run_dir)
-            except ValueError as err:
-                if "below the smallest" not in str(err):
-                    raise
-                log(f"{method} @ {budget}: {err}")
-                rows.append({**row, "note": str(err)})
-                continue
-            row["build_seconds"] = time.perf_counter() - started
-        else:
+        if method == "teacher":
             log(f"{method} @ {budget}: reusing {run_dir / 'best'}")
+        else:
+            seconds, note = ensure_built(method, budget, size, teacher_dir, data, cfg, run_dir, log)
+            if note is not None:
+                rows.append({**row, "note": note})
+                continue
+            if seconds is not None:
+                row["build_seconds"] = seconds
         meta = read_meta(run_dir / "best")
         row["build_seconds"] = row.get("build_seconds", meta.get("build_seconds"))
         artifact = out / "artifacts" / f"{run_dir.name}.safetensors"

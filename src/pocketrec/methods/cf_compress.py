@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from pocketrec.backbones.base import LossFn, Recommender, backbone_class
 from pocketrec.backbones.user_vectors import UserVectorConfig, UserVectorModel
-from pocketrec.bench.baselines import Int8Config
+from pocketrec.bench.baselines import Int8Config, KMeansConfig
 from pocketrec.config import to_dict
 from pocketrec.methods.eodrec import DEFAULT_DTYPE, check_codebook_layout, codebook_table_builder
 from pocketrec.methods.odrec import check_order, tt_table_builder
@@ -303,22 +303,11 @@ class CFCodebookConfig(CFRecipeConfig):
 
 
 @dataclass
-class CFKMeansConfig(RecipeConfig):
+class CFKMeansConfig(KMeansConfig):
     """``cf-kmeans``: residual k-means codebooks of the propagated item vectors in ``cf-codebook``'s layout,
-    no training (the ``kmeans`` baseline's table); ``seed`` seeds the k-means."""
+    no training: the ``kmeans`` baseline's keys and checks, at the CF recipes' default budget."""
 
-    stored_dtypes: ClassVar[tuple[str, ...]] = STORED_DTYPES
     budget: str = "10x"
-    dtype: str = DEFAULT_DTYPE
-    M: int = 0
-    K: int = 0
-    bitpack: bool = True
-    max_codebooks: int = DEFAULT_MAX_CODEBOOKS
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_codebook_layout(self)
 
 
 @dataclass
