@@ -18,7 +18,7 @@ from pocketrec.train.checkpoint import load_checkpoint
 from pocketrec.train.distill import DistillConfig
 
 NAMES = ("odrec", "tt", "eodrec", "dense-small", "kmeans", "int8", "int4")
-CF_NAMES = ("cf-tt", "cf-codebook", "cf-kmeans", "cf-dense-small", "cf-int8", "cf-int4", "rule")
+CF_NAMES = ("cf-tt", "cf-codebook", "cf-kmeans", "cf-dense-small", "cf-int8", "cf-int4", "rule", "peel")
 #: a method-specific --key=value for each method, and the attribute it sets
 OWN_KEY = {"odrec": ("--t=3", "t", 3), "tt": ("--num_cores=3", "num_cores", 3),
            "eodrec": ("--dtype=int8", "dtype", "int8"), "dense-small": ("--train.epochs=3", "train.epochs", 3),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -541,6 +542,8 @@ def compress(ctx: typer.Context,
         if method not in METHODS:
             raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
         recipe = METHODS[method]
+        if (Path(teacher) / "best" / "checkpoint.json").is_file():  # a run folder: its best checkpoint
+            teacher = Path(teacher) / "best"
         recipe.check_teacher(teacher)  # before the data is loaded: a teacher of the other family is one line
         teacher_meta = read_meta(teacher)
         name = dataset_of(teacher_meta, dataset, what=f"teacher {teacher}")
@@ -577,7 +580,8 @@ def compress(ctx: typer.Context,
 
 
 @app.command()
-def customize(checkpoint: Path = typer.Argument(..., help="a RULE run (runs/rule-ml-100k or its best/ folder)"),
+def customize(checkpoint: Path = typer.Argument(..., help="a RULE or PEEL run (runs/rule-ml-100k or its best/ "
+                                                            "folder)"),
               budget: str | None = typer.Option(None, help="item-table budget of the device: '5%' or '20x' of the "
                                                            "dense table, '40KB', or bytes"),
               budgets: str | None = typer.Option(None, help="several budgets, comma-separated (one artifact each, "
@@ -591,7 +595,10 @@ def customize(checkpoint: Path = typer.Argument(..., help="a RULE run (runs/rule
                                                           "instead of searching"),
               user: str | None = typer.Option(None, "--user", help="add these users' vectors and items to the file "
                                                                    "(raw ids, comma-separated, or 'all'); default: "
-                                                                   "the item table alone"),
+                                                                   "the item table alone. PEEL: one user, whose "
+                                                                   "group's blocks the file gets"),
+              group: int | None = typer.Option(None, "--group", help="PEEL: the user group whose blocks the file "
+                                                                     "gets (the item table alone)"),
               report: Path | None = typer.Option(None, help="write the chosen architectures and their figures "
                                                             "as JSON (default with --budgets: OUT/report.json)"),
               resizable: bool = typer.Option(False, help="store the block priority (2 bytes per group and block, "
@@ -601,11 +608,15 @@ def customize(checkpoint: Path = typer.Argument(..., help="a RULE run (runs/rule
                                                                             "this file (default: "
                                                                             "$POCKETREC_SIGNING_KEY when set)"),
               ) -> None:
-    """Fit a trained RULE model to device budgets without retraining: search, then write the device file.
+    """Fit a trained RULE or PEEL model to device budgets without retraining, then write the device file.
+
+    RULE: an architecture search per budget. PEEL (needs --group g or --user U): the blocks of largest alpha
+    of the user's group that fit; its files are resizable on the device by default.
 
     Example: pocketrec customize runs/rule-ml-100k --budget 5% -o device.safetensors;
     pocketrec customize runs/rule-ml-100k --budgets 1%,2%,5%,10%,25% -o devices/ (one file per budget, a
-    report.json and a curve.png of validation Recall@20 against bytes).
+    report.json and a curve.png of validation Recall@20 against bytes);
+    pocketrec customize runs/peel-ml-100k --budget 5% --user 196 -o device.safetensors.
     """
     import time
 
@@ -633,9 +644,15 @@ def customize(checkpoint: Path = typer.Argument(..., help="a RULE run (runs/rule
         mask = read_architecture(arch) if arch is not None else None
         key = read_key(sign_key) if sign_key is not None else key_from_env()
         users = [u.strip() for u in user.split(",") if u.strip()] if user else None
-        customizer = Customizer(checkpoint, resizable=resizable)
+        if is_peel_run(checkpoint):
+            customizer, group = _peel_customizer(checkpoint, users, group, strategy, mask)
+        elif group is not None:
+            raise ValueError("--group takes a PEEL run (`pocketrec compress --method peel`); this is a RULE run")
+        else:
+            customizer = Customizer(checkpoint, resizable=resizable)
         loaded = time.perf_counter() - start
-        choices = [customizer.choose(b, strategy=strategy, dtype=dtype, mask=mask) for b in wanted]
+        choices = [customizer.choose(b, group=group, dtype=dtype) if group is not None else
+                   customizer.choose(b, strategy=strategy, dtype=dtype, mask=mask) for b in wanted]
         if budgets is not None:
             out.mkdir(parents=True, exist_ok=True)
         for choice, target in zip(choices, targets, strict=True):
@@ -644,9 +661,13 @@ def customize(checkpoint: Path = typer.Argument(..., help="a RULE run (runs/rule
             choice.seconds += time.perf_counter() - written_start
     except user_errors() as err:
         fail(str(err))
-    estimator = customizer.estimator_report
-    console.print(f"loaded {customizer.checkpoint} in {loaded:.2f} s (estimator: {estimator['archs']} labelled "
-                  f"architectures, Kendall tau {estimator['kendall_tau']})")
+    if group is not None:
+        console.print(f"loaded {customizer.checkpoint} in {loaded:.2f} s (PEEL: user group {group} of "
+                      f"{customizer.num_groups}, blocks by alpha{', resizable' if customizer.resizable else ''})")
+    else:
+        estimator = customizer.estimator_report
+        console.print(f"loaded {customizer.checkpoint} in {loaded:.2f} s (estimator: {estimator['archs']} labelled "
+                      f"architectures, Kendall tau {estimator['kendall_tau']})")
     table = Table(title="customized device files")
     for column in ("budget", "table bytes", "file bytes", "blocks", "dtype", "valid R@20", "seconds", "file"):
         table.add_column(column)
@@ -661,6 +682,32 @@ def customize(checkpoint: Path = typer.Argument(..., help="a RULE run (runs/rule
 
         write_report(report, customizer, choices)
         console.print(f"report: {report}")
+
+
+def is_peel_run(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` (a run folder or its ``best/``) is a PEEL run (unreadable ones are not)."""
+    from pocketrec.methods.customize import run_folder_of
+    from pocketrec.train.checkpoint import read_meta
+
+    try:
+        return read_meta(run_folder_of(checkpoint)[0]).get("method") == "peel"
+    except ValueError:
+        return False
+
+
+def _peel_customizer(checkpoint: Path, users: list[str] | None, group: int | None, strategy: str,
+                     mask: Any) -> tuple[Any, int]:
+    """The PEEL customizer and the group its files are for (``--group``, or the group of the one ``--user``)."""
+    from pocketrec.methods.peel_customize import PeelCustomizer
+
+    if mask is not None or strategy != "evolution":
+        raise ValueError("a PEEL run picks its blocks by alpha: --arch and --strategy are RULE's")
+    if (group is None) == (not users):
+        raise ValueError("a PEEL run serves one user group: give --group g (the table alone) or --user U")
+    if users and len(users) != 1:
+        raise ValueError("a PEEL file is for one user group: give one --user")
+    customizer = PeelCustomizer(checkpoint)
+    return customizer, customizer.check_group(group) if group is not None else customizer.group_of(users[0])
 
 
 # ------------------------------------------------------------------ dynamic budgets (elastic artifacts)

@@ -199,6 +199,12 @@ def run_cf_bench(cfg: BenchConfig, data: Any, log: Callable[[str], None] = print
             for row in _rule_rows(cfg, data, teacher_dir, out / f"rule{tag}", budgets, dense_bytes, user, head, log):
                 save(row)
             continue
+        if method == "peel":
+            rule_dir = out / f"rule{options_tag(cfg.options_for('rule'))}"
+            for row in _peel_rows(cfg, data, teacher_dir, rule_dir, out / f"peel{tag}", budgets, dense_bytes, user,
+                                  head, log):
+                save(row)
+            continue
         fixed = registry.get_method(method).fixed_size
         jobs = [("fixed", None, out / f"{method}{tag}")] if fixed else \
             [(budget, size, out / f"{method}-{budget_tag(budget)}{tag}") for budget, size in budgets]
@@ -235,15 +241,7 @@ def _rule_rows(cfg: BenchConfig, data: Any, teacher_dir: Path, run_dir: Path, bu
     from pocketrec.methods.customize import Customizer
     from pocketrec.methods.rule import ESTIMATOR_FILE
 
-    build_seconds = None
-    if _reusable(run_dir, data, None) and (run_dir / ESTIMATOR_FILE).is_file():
-        log(f"rule: reusing {run_dir / 'best'}")
-        build_seconds = read_meta(run_dir / "best").get("build_seconds")
-    else:
-        log("rule: training the elastic model (once, for every budget)")
-        started = time.perf_counter()
-        build_one("rule", None, None, teacher_dir, data, cfg, run_dir)
-        build_seconds = time.perf_counter() - started
+    build_seconds = _elastic_run("rule", teacher_dir, data, cfg, run_dir, ESTIMATOR_FILE, log)
     meta = read_meta(run_dir / "best")
     customizer = Customizer(run_dir, dataset=data)
     rows = []
@@ -268,6 +266,59 @@ def _rule_rows(cfg: BenchConfig, data: Any, teacher_dir: Path, run_dir: Path, bu
         _say(log, rows[-1])
         log(f"rule @ {budget}: customised in {row['customize_seconds']:.2f} s ({choice.dtype}, "
             f"{row['blocks']} blocks)")
+    return rows
+
+
+def _elastic_run(method: str, teacher_dir: Path, data: Any, cfg: BenchConfig, run_dir: Path, done: str,
+                 log: Callable[[str], None]) -> float | None:
+    """Train ``method`` (rule, peel) into ``run_dir`` once for every budget, or reuse it when ``done`` (the file its
+    training writes last) is there; returns the build seconds (the recorded ones when reused)."""
+    if _reusable(run_dir, data, None) and (run_dir / done).is_file():
+        log(f"{method}: reusing {run_dir / 'best'}")
+        return read_meta(run_dir / "best").get("build_seconds")
+    log(f"{method}: training (once, for every budget)")
+    started = time.perf_counter()
+    build_one(method, None, None, teacher_dir, data, cfg, run_dir)
+    return time.perf_counter() - started
+
+
+def _peel_rows(cfg: BenchConfig, data: Any, teacher_dir: Path, rule_dir: Path, run_dir: Path,
+               budgets: list[tuple[str, int]], dense_bytes: int, user: str, head: dict[str, Any],
+               log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """PEEL's rows: the RULE model (``rule_dir``, trained here when the bench has not) refined per user group
+    into ``run_dir`` once, then at every budget one file per user group (the bench's user's group written with
+    its vector), every user tested with its group's file. ``table_bytes``: the largest group's."""
+    from pocketrec.methods.peel import PEEL_FILE
+    from pocketrec.methods.peel_customize import PeelCustomizer
+    from pocketrec.methods.rule import ESTIMATOR_FILE
+
+    _elastic_run("rule", teacher_dir, data, cfg, rule_dir, ESTIMATOR_FILE, log)
+    build_seconds = _elastic_run("peel", rule_dir / "best", data, cfg, run_dir, PEEL_FILE, log)
+    meta = read_meta(run_dir / "best")
+    peel = PeelCustomizer(run_dir, dataset=data, resizable=False)
+    mine = peel.group_of(user)
+    rows = []
+    for budget, size in budgets:
+        row: dict[str, Any] = {**head, "budget": budget, "budget_bytes": size, "build_seconds": build_seconds,
+                               "checkpoint": str(run_dir / "best")}
+        started = time.perf_counter()
+        try:
+            choices = {g: peel.choose(size, g) for g in range(peel.num_groups)}
+        except ValueError as err:
+            if "below" not in str(err):
+                raise
+            log(f"peel @ {budget}: {err}")
+            rows.append({**row, "note": str(err)})
+            continue
+        artifact = Path(peel.write(choices[mine], out_artifact(run_dir, budget), users=[user]))
+        row["customize_seconds"] = time.perf_counter() - started
+        test = peel.state.evaluate(peel.base, data, "test", {g: (c.mask, c.dtype) for g, c in choices.items()})
+        row.update({"dtype": ",".join(sorted({c.dtype for c in choices.values()})),
+                    "blocks": int(choices[mine].mask.sum()), "user_groups": peel.num_groups,
+                    "table": {**(meta.get("table") or {}), "stored_dtype": choices[mine].dtype}})
+        rows.append(_measured(row, test, max(c.table_bytes for c in choices.values()), dense_bytes, artifact, user,
+                              cfg))
+        _say(log, rows[-1])
     return rows
 
 

@@ -19,13 +19,15 @@ STYLE = {"odrec": ("tab:blue", "o"), "tt": ("tab:cyan", "v"), "eodrec": ("tab:re
          "dense-small": ("tab:green", "^"), "kmeans": ("tab:purple", "D"), "int8": ("tab:orange", "P"),
          "int4": ("tab:brown", "X"), "cf-tt": ("tab:blue", "o"), "cf-codebook": ("tab:red", "s"),
          "cf-kmeans": ("tab:purple", "D"), "cf-dense-small": ("tab:green", "^"), "cf-int8": ("tab:orange", "P"),
-         "cf-int4": ("tab:brown", "X"), "rule": ("tab:olive", "*")}
+         "cf-int4": ("tab:brown", "X"), "rule": ("tab:olive", "*"),
+         "peel": ("tab:pink", "p")}
 LABELS = {"odrec": "OD-Rec (STT, t=2)", "tt": "TT (t=1), distilled", "eodrec": "EODRec (codebooks)",
           "dense-small": "dense, smaller d, from scratch", "kmeans": "post-hoc k-means codebooks",
           "int8": "post-hoc int8 rows", "int4": "post-hoc int4 rows", "cf-tt": "TT (t=2), fine-tuned",
           "cf-codebook": "codebooks, fine-tuned", "cf-kmeans": "post-hoc k-means codebooks",
           "cf-dense-small": "LightGCN, smaller d, from scratch", "cf-int8": "post-hoc int8 rows",
-          "cf-int4": "post-hoc int4 rows", "rule": "RULE (trained once, customised)"}
+          "cf-int4": "post-hoc int4 rows", "rule": "RULE (trained once, customised)",
+          "peel": "PEEL (RULE refined per user group)"}
 #: the two accuracy panels: (row key, axis name)
 SESSION_METRICS = (("recall@20", "Recall@20 (%)"), ("mrr@20", "MRR@20 (%)"))
 CAPTION = ("Test metrics at the best-validation epoch; bytes are the item table as a device stores it "

@@ -24,6 +24,7 @@ and vocabulary, table within the budget) instead of training it again, so interr
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -188,7 +189,10 @@ def method_config(method: str, budget_bytes: int | None, teacher_dir: Path, data
     mcfg.teacher, mcfg.dataset, mcfg.out = str(teacher_dir), data.name, str(run_dir)
     if budget_bytes is not None:
         mcfg.budget = str(budget_bytes)
-    if hasattr(mcfg, "train"):
+    if hasattr(mcfg, "train") and spec.teacher_method:  # refines another method's run: its own schedule, capped
+        mcfg.train = dataclasses.replace(mcfg.train, epochs=min(mcfg.train.epochs, cfg.student.epochs),
+                                         seed=cfg.student.seed, progress=cfg.student.progress)
+    elif hasattr(mcfg, "train"):
         mcfg.train = copy.deepcopy(cfg.teacher.train if spec.kind == "scratch" else cfg.student)
     if hasattr(mcfg, "seed"):
         mcfg.seed = cfg.student.seed

@@ -98,6 +98,13 @@ class CFDistillConfig:
             raise ValueError("kd_weight must be >= 0, temperature > 0 and kd_users >= 1")
 
 
+def softmax_kl(target: Tensor, scores: Tensor) -> Tensor:
+    """``mean_rows KL(softmax(target) || softmax(scores))`` of two ``(B, n)`` score matrices (already divided by
+    the temperature): the distillation term of the CF students (:func:`cf_distillation_loss`, PEEL)."""
+    log_target = nn.functional.log_softmax(target, dim=1)
+    return (log_target.exp() * (log_target - nn.functional.log_softmax(scores, dim=1))).sum(1).mean()
+
+
 def cf_distillation_loss(student: UserVectorModel, teacher: UserVectorModel, config: CFDistillConfig,
                          seen: Any = None) -> LossFn:
     """``loss_fn(batch) -> (loss, parts)`` for BPR batches: the student's own BPR loss plus the
@@ -126,10 +133,7 @@ def cf_distillation_loss(student: UserVectorModel, teacher: UserVectorModel, con
             mask = torch.zeros_like(scores, dtype=torch.bool)
             mask[rows, cols] = True
             target, scores = target.masked_fill(mask, -1e9), scores.masked_fill(mask, -1e9)
-        log_target = nn.functional.log_softmax(target, dim=1)
-        kl = global_mean((log_target.exp() * (log_target - nn.functional.log_softmax(scores, dim=1))).sum(1).mean(),
-                         len(users))
-        kd = config.kd_weight * temperature**2 * kl
+        kd = config.kd_weight * temperature**2 * global_mean(softmax_kl(target, scores), len(users))
         return loss + kd, {**parts, "kd": float(kd.detach())}
 
     return loss_fn

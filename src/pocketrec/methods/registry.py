@@ -55,6 +55,8 @@ class Method:
     defaults: tuple[str, ...] = ()
     #: the teachers it compresses: "session" (session encoders) or "cf" (LightGCN / user-vector models)
     family: str = "session"
+    #: the method of the run it takes as ``--teacher`` when that is not a teacher (PEEL refines a RULE run)
+    teacher_method: str = ""
 
     def config_class(self) -> type[RecipeConfig]:
         """The config dataclass (imports the method's module)."""
@@ -86,7 +88,15 @@ class Method:
         from pocketrec.backbones.base import DEFAULT_BACKBONE
         from pocketrec.train.checkpoint import read_meta
 
-        backbone = read_meta(teacher).get("backbone", DEFAULT_BACKBONE)
+        path = Path(teacher)
+        if (path / "best" / "checkpoint.json").is_file():  # a run folder (RULE's, for PEEL): its best checkpoint
+            path = path / "best"
+        meta = read_meta(path)
+        if self.teacher_method and meta.get("method") != self.teacher_method:
+            raise ValueError(f"{path} is a {meta.get('method') or 'teacher'!r} checkpoint: {self.name} refines a "
+                             f"{self.teacher_method} run (--teacher runs/{self.teacher_method}-DATASET, from "
+                             f"`pocketrec compress --method {self.teacher_method}`)")
+        backbone = meta.get("backbone", DEFAULT_BACKBONE)
         family = "session" if backbone == DEFAULT_BACKBONE else "cf"
         if family != self.family:
             raise ValueError(f"method {self.name!r} compresses {self.family} teachers, but {teacher} is a {backbone!r} "
@@ -100,7 +110,8 @@ METHODS: dict[str, Method] = {}
 
 
 def register(name: str, config: str, run: str, description: str, *, kind: str = "student",
-             fixed_size: bool = False, defaults: tuple[str, ...] = (), family: str = "session") -> Method:
+             fixed_size: bool = False, defaults: tuple[str, ...] = (), family: str = "session",
+             teacher_method: str = "") -> Method:
     """Add a method (``config``: ``"module:Class"``, ``run``: ``"module:function"``); nothing is imported."""
     if name in METHODS:
         raise ValueError(f"method {name!r} is already registered")
@@ -111,7 +122,8 @@ def register(name: str, config: str, run: str, description: str, *, kind: str = 
             raise ValueError(f"{target!r} is not of the form 'module:name'")
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
-    METHODS[name] = method = Method(name, config, run, description, kind, fixed_size, tuple(defaults), family)
+    METHODS[name] = method = Method(name, config, run, description, kind, fixed_size, tuple(defaults), family,
+                                    teacher_method)
     return method
 
 
@@ -175,3 +187,7 @@ register("cf-int4", f"{_BASE}:Int4Config", f"{_CF}:compress_cf_quantized",
 register("rule", "pocketrec.methods.rule:RuleConfig", "pocketrec.methods.rule:compress_rule",
          "RULE (KDD 2021), collaborative filtering: elastic item blocks trained once, then `pocketrec customize` "
          "fits any budget without retraining", family="cf")
+register("peel", "pocketrec.methods.peel:PeelConfig", "pocketrec.methods.peel:compress_peel",
+         "PEEL, collaborative filtering: a RULE model refined per user group with learned block weights; "
+         "`pocketrec customize --group/--user` picks each group's blocks for any budget", family="cf",
+         teacher_method="rule")

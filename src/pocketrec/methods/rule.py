@@ -216,10 +216,11 @@ def _rule_meta(cfg: RuleConfig) -> dict[str, Any]:
 
 class ArchitectureEvaluator:
     """The true search metric of an architecture: validation Recall@20 of the elastic model with that
-    architecture, over a fixed sample of at most ``max_users`` validation users (``seed``)."""
+    architecture, over a fixed sample of at most ``max_users`` validation users (``seed``); ``users``
+    (internal ids) restricts the sample to them (a PEEL user group)."""
 
     def __init__(self, model: UserVectorModel, dataset: Any, split: str = "valid", max_users: int = 1000,
-                 seed: int = 0) -> None:
+                 seed: int = 0, users: np.ndarray | None = None) -> None:
         if not isinstance(model.table, ElasticTable):
             raise ValueError(f"the model's item table is {model.table.kind!r}, not an elastic table (a RULE "
                              "checkpoint from `pocketrec compress --method rule`)")
@@ -227,7 +228,12 @@ class ArchitectureEvaluator:
         model.eval()
         self.model = model
         truth = dataset.matrix(split).tocsr()
-        users = np.flatnonzero(np.diff(truth.indptr) > 0)
+        candidates = np.flatnonzero(np.diff(truth.indptr) > 0)
+        if users is not None:
+            candidates = np.intersect1d(candidates, np.asarray(users, dtype=np.int64))
+            if not len(candidates):
+                raise ValueError(f"none of the {len(users)} given users has {split} interactions")
+        users = candidates
         if len(users) > max_users:
             users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
         keep = np.zeros(truth.shape[0])
