@@ -54,6 +54,7 @@ VARIANTS = {
     "peel (8 groups)": ["user_groups=8"],
     "peel (no group rotation)": ["rotation=none"],
     "peel (no controller)": ["controller=false"],
+    "peel (no order prior)": ["order_prior=0"],
 }
 COLUMNS = ["dataset", "budget", "method", "table_bytes", "Recall@20 %", "NDCG@20 %"]
 

@@ -143,6 +143,7 @@ FILE_COMMANDS: dict[str, Callable[[Row], str]] = {
                                     f"--ratio {r['ratio_target']:g}",
     "tt_order": lambda r: f"python benchmarks/tt_order.py --teachers {r['teacher']} --ratio 30",
     "rule": lambda r: r.get("script") or f"python benchmarks/rule.py --datasets {r['dataset']}",
+    "peel": lambda r: r.get("script") or f"python benchmarks/peel.py --datasets {r['dataset']}",
 }
 
 
@@ -230,9 +231,10 @@ class Page:
     def candidates(self) -> list[Row]:
         """Every compressed model with test accuracy, tagged ``role``: method, baseline or ablation."""
         out = []
-        for name in ("odrec", "eodrec", "bench-tmall", "cf_tables", "rule"):
+        for name in ("odrec", "eodrec", "bench-tmall", "cf_tables", "rule", "peel"):
             for r in self.rows(name):
-                if r["method"] == "teacher" or r["method"].endswith("(teacher)") or r.get("recall@20") is None:
+                if r["method"] == "teacher" or r["method"].endswith("(teacher)") or r.get("recall@20") is None \
+                        or r.get("table_bytes") is None:
                     continue
                 role = RULE_ROLES.get(r["method"]) or role_of(r["method"])
                 out.append(dict(r, file=name, role=role, command=self.command(name, r),
@@ -458,6 +460,88 @@ def render_rule_all(page: Page, rows: list[Row]) -> str:
                       "", render_rule_ablation(page, rows), "Cost:", "", render_rule_cost(page, rows)])
 
 
+def peel_command(rows: list[Row], dataset: str | None = None) -> str | None:
+    return next((r["script"] for r in rows if r.get("script") and dataset in (None, r["dataset"])), None)
+
+
+def render_peel(page: Page, rows: list[Row]) -> str:
+    """PEEL (one file per user group) against RULE's search, uniform allocation and the full model at each budget,
+    over all users and within each user group."""
+    dense = page.best_dense()
+    table = Table(["dataset", "budget", "method", "table bytes", "% of dense", "Recall@20 %", "NDCG@20 %",
+                   "Recall@20 % per user group", "dtype(s)"])
+    order = {b: i for i, b in enumerate(["1x", "2%", "5%", "10%", "25%"])}
+    models = [r for r in rows if r.get("table_bytes") is not None and r.get("recall@20") is not None]
+    for r in sorted(models, key=lambda r: (r["dataset"], order.get(r["budget"], 99), r["method"] != "peel")):
+        base = dense.get(r["dataset"], {}).get("table_bytes")
+        groups = sorted((k for k in r if k.startswith("g") and k.endswith("_recall@20")),
+                        key=lambda k: int(k[1:].split("_")[0]))
+        table.add([r["dataset"], r["budget"], f"**{r['method']}**" if r["method"] == "peel" else r["method"],
+                   num(r["table_bytes"]), share(r["table_bytes"], base), pct(r["recall@20"]), pct(r["ndcg@20"]),
+                   " / ".join(pct(r[k]) for k in groups), ", ".join(dict.fromkeys(r.get("dtypes") or [])) or "-"],
+                  r.get("script"))
+    return table.render()
+
+
+def render_peel_variants(page: Page, rows: list[Row]) -> str:
+    variants = [r for r in rows if r.get("budget") == "variant"]
+    budgets = sorted({k.split(" @ ")[1] for r in variants for k in r if k.startswith("test_recall@20 @ ")},
+                     key=lambda b: float(b.rstrip("%")))
+    table = Table(["dataset", "variant", "options", "valid R@20 % (mean over budgets)",
+                   *(f"{b} R@20 %" for b in budgets), "full model R@20 %", "refinement (s)", "peak RSS MiB"])
+    for r in variants:
+        table.add([r["dataset"], r["method"], f"`{r['options']}`", pct(r.get("valid_mean_over_budgets")),
+                   *(pct(r.get(f"test_recall@20 @ {b}")) for b in budgets), pct(r["full_test_recall@20"]),
+                   secs(r["refine_seconds"]), num(round(r["peak_rss_bytes"] / 2**20))], r.get("script"))
+    return table.render()
+
+
+def render_peel_groups(page: Page, rows: list[Row]) -> str:
+    """The default run's refinement, group by group: who, what it cost, what it changed on validation."""
+    table = Table(["dataset", "user group", "users", "interactions", "valid before %", "valid after %", "refined",
+                   "epochs", "seconds"])
+    for r in rows:
+        if r.get("budget") != "variant" or r["method"] != "peel":
+            continue
+        for g in r["groups"]:
+            table.add([r["dataset"], g["group"], num(g["users"]), num(g["interactions"]), pct(g["valid_before"]),
+                       pct(g["valid_after"]), "yes" if g["refined"] else "no (RULE's kept)", g["epochs"],
+                       secs(g["seconds"])], r.get("script"))
+    return table.render()
+
+
+def render_peel_fleet(page: Page, rows: list[Row]) -> str:
+    table = Table(["dataset", "method", "mean Recall@20 %", "test users", "below the smallest file", "levels",
+                   "seed"])
+    for r in rows:
+        if r.get("budget") == "fleet":
+            table.add([r["dataset"], r["method"].removeprefix("fleet "), pct(r["recall@20"]), num(r["users"]),
+                       num(r["unserved"]), r["levels"], r["seed"]], r.get("script"))
+    return table.render()
+
+
+def render_peel_dynamic(page: Page, rows: list[Row]) -> str:
+    table = Table(["dataset", "resize", "dtype", "table bytes big / small", "file bytes big / small",
+                   "shrink (ms, median)", "shrunk = built directly", "same top-50 scores", "delta bytes",
+                   "delta / full download", "grown = big", "torch vs numpy max |diff|"])
+    yes = {True: "yes", False: "**no**"}
+    for r in rows:
+        if r.get("method") == "dynamic":
+            table.add([r["dataset"], r["budget"], r["dtype"], f"{num(r['big_table_bytes'])} / "
+                       f"{num(r['small_table_bytes'])}", f"{num(r['big_file_bytes'])} / {num(r['small_file_bytes'])}",
+                       f"{r['shrink_ms_median']:.2f}", yes[r["shrunk_equals_direct"]], yes[r["scores_identical"]],
+                       num(r["delta_bytes"]), f"{100 * r['delta_vs_download']:.0f}%", yes[r["grown_equals_big"]],
+                       r["serving_max_abs_diff"]], r.get("script"))
+    return table.render()
+
+
+def render_peel_all(page: Page, rows: list[Row]) -> str:
+    return "\n".join([render_peel(page, rows), "Variants (test Recall@20 over all users at each budget):", "",
+                      render_peel_variants(page, rows), "Refinement of the default run, per user group:", "",
+                      render_peel_groups(page, rows), "A simulated fleet:", "", render_peel_fleet(page, rows),
+                      "Dynamic budgets on the device:", "", render_peel_dynamic(page, rows)])
+
+
 def render_peer(page: Page, rows: list[Row]) -> str:
     table = Table(["dataset", "system", "Recall@20 %", "NDCG@20 %", "best epoch / run", "epoch s (mean)",
                    "peak RSS MiB"])
@@ -564,6 +648,10 @@ RENDERERS: dict[str, tuple[str, str, Callable[[Page, list[Row]], str]]] = {
              "harness (uniform: the same first blocks for every group; popularity; random search with as many "
              "estimator calls) and the other item tables at the same bytes, on the LightGCN teacher's propagated "
              "item vectors.", render_rule_all),
+    "peel": ("PEEL: one RULE model refined per user group", "PEEL's files (one per user group, the blocks of "
+             "largest alpha; [method page](methods/peel.md)) against RULE's search, uniform allocation and the full "
+             "model, all from the same RULE run, at the same bytes (no file stores its block priority here). The "
+             "RULE rows are this bench's run, not the RULE section's.", render_peel_all),
     "lightgcn_peer": ("LightGCN against RecBole 1.2.1 (same split)", "Both systems train, validate and test on "
                       "pocketrec's split exported as RecBole atomic files, each in its own process on 2 threads, "
                       "patience 10.", render_peer),
@@ -658,6 +746,11 @@ BLOCKS: dict[str, Callable[[Page], str]] = {
     "rule": lambda page: render_rule(page, page.rows("rule")),
     "rule-ablation": lambda page: render_rule_ablation(page, page.rows("rule")),
     "rule-cost": lambda page: render_rule_cost(page, page.rows("rule")),
+    "peel": lambda page: render_peel(page, page.rows("peel")),
+    "peel-variants": lambda page: render_peel_variants(page, page.rows("peel")),
+    "peel-groups": lambda page: render_peel_groups(page, page.rows("peel")),
+    "peel-fleet": lambda page: render_peel_fleet(page, page.rows("peel")),
+    "peel-dynamic": lambda page: render_peel_dynamic(page, page.rows("peel")),
 }
 
 

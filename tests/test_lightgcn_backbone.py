@@ -139,3 +139,19 @@ def test_onnx_ranks_for_a_user_like_the_numpy_runtime(trained, data, tmp_path):
         assert onnx_items == items and np.allclose(onnx_scores, scores, atol=1e-5)
     with pytest.raises(ValueError, match="serves 3 users; name one"):
         graph.recommend_user(None)
+
+
+def test_the_demos_rule_and_peel_sections_customise_and_shrink_on_the_device(tmp_path):
+    from pocketrec.bench.cf_demo import run_cf_demo, run_peel_demo, run_rule_demo
+
+    lines: list[str] = []
+    run_cf_demo("ml-100k", tmp_path, lines.append, quiet=True,
+                overrides=["encoder.dim=16", "encoder.layers=1", "train.epochs=1"])
+    rule = run_rule_demo("ml-100k", tmp_path, lines.append, quiet=True, budgets=("5%",))
+    assert rule["rows"][0]["table_bytes"] <= rule["rows"][0]["budget_bytes"]
+    peel = run_peel_demo("ml-100k", tmp_path, lines.append, quiet=True, budgets=("5%", "10%"))
+    small, big = peel["rows"]
+    assert small["table_bytes"] <= small["budget_bytes"] < big["table_bytes"] <= big["budget_bytes"]
+    assert peel["shrunk_equals_direct"] and peel["shrunk_table_bytes"] == small["table_bytes"]
+    assert len(peel["items"]) == 5 and 0 <= peel["group"] < peel["groups"]
+    assert all(0 < row["test"]["recall@20"] <= 1 for row in peel["rows"])

@@ -343,6 +343,7 @@ def _demo_cf(dataset: str, out: Path, quiet: bool, titles: dict[str, str]) -> No
     for rank, (item, score) in enumerate(zip(row["items"], row["scores"], strict=True), 1):
         console.print(f"  {rank:2d}. {titles.get(item, item)}  ({score:.3f})")
     _demo_rule(dataset, out, quiet, titles)
+    _demo_peel(dataset, out, quiet, titles)
 
 
 def _demo_rule(dataset: str, out: Path, quiet: bool, titles: dict[str, str]) -> None:
@@ -367,6 +368,31 @@ def _demo_rule(dataset: str, out: Path, quiet: bool, titles: dict[str, str]) -> 
     items, _ = load(smallest["artifact"]).recommend_user(result["user"], k=5)
     console.print(f"user {result['user']} on the {smallest['budget']} file ({smallest['artifact_bytes']:,} B): "
                   + "; ".join(titles.get(i, i) for i in items))
+
+
+def _demo_peel(dataset: str, out: Path, quiet: bool, titles: dict[str, str]) -> None:
+    """PEEL in the demo: the RULE model refined per user group, a user's files, a shrink on the device
+    (:func:`pocketrec.bench.cf_demo.run_peel_demo`)."""
+    from pocketrec.bench.cf_demo import run_peel_demo
+
+    console.print("\n[bold]PEEL[/bold]: the RULE model refined per user group; each group's devices get its blocks")
+    try:
+        result = run_peel_demo(dataset, out, log=lambda line: console.print(f"[dim]peel[/dim] {line}"), quiet=quiet)
+    except user_errors() as err:
+        fail(str(err))
+    table = Table(title=f"PEEL on {dataset}: one refinement ({result['train_seconds']:.0f} s, {result['groups']} "
+                        f"user groups); user {result['user']} is in group {result['group']}")
+    for column in ("budget", "table bytes", "file bytes", "blocks", "dtype", "test R@20 (all users)", "seconds"):
+        table.add_column(column)
+    for row in result["rows"]:
+        table.add_row(row["budget"], f"{row['table_bytes']:,}", f"{row['artifact_bytes']:,}", str(row["blocks"]),
+                      row["dtype"], f"{100 * row['test']['recall@20']:.2f}", f"{row['seconds']:.2f}")
+    console.print(table)
+    console.print(f"on the device: the {result['rows'][-1]['budget']} file shrunk to {result['rows'][0]['budget']} "
+                  f"({result['shrunk_table_bytes']:,} B of table) in {result['shrink_ms']:.1f} ms, no server; "
+                  f"{'the same file as' if result['shrunk_equals_direct'] else '**not** the same file as'} the one "
+                  f"built for that budget. User {result['user']}: "
+                  + "; ".join(titles.get(i, i) for i in result["items"]))
 
 
 def _demo_recommendation(data, rows) -> dict[str, str]:

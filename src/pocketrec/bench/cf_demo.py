@@ -1,6 +1,7 @@
 """The collaborative-filtering part of ``pocketrec demo``: a LightGCN teacher, one user's device file, and
 that user's recommendations from the numpy runtime; then RULE: one elastic model trained once, customised to
-several budgets in about a second each (:func:`run_rule_demo`).
+several budgets in about a second each (:func:`run_rule_demo`); then PEEL: that model refined per user group,
+a user's file from its group's blocks, shrunk on the device (:func:`run_peel_demo`).
 
 LightGCN on ml-100k with the reference shape (d = 64, 3 layers, batch 2048) but a higher learning rate and
 30 epochs, so that the tour stays short; ``pocketrec train --backbone lightgcn`` trains to convergence.
@@ -102,6 +103,70 @@ def run_rule_demo(dataset: str, out: Path, log: Callable[[str], None], quiet: bo
         choice.seconds = time.perf_counter() - started
         rows.append({**choice.summary(), "test": customizer.evaluate(choice, "test")})
     return {"train_seconds": seconds, "user": user, "dense_table_bytes": customizer.dense_bytes, "rows": rows}
+
+
+#: PEEL's schedule in the demo: a few epochs per user group (the default: up to 20)
+DEMO_PEEL = ["train.epochs=3"]
+
+
+def run_peel_demo(dataset: str, out: Path, log: Callable[[str], None], quiet: bool = False,
+                  budgets: tuple[str, ...] = ("2%", "5%")) -> dict[str, Any]:
+    """Refine the demo's RULE model (``OUT/rule``) per user group into ``OUT/peel`` (reused when finished); at
+    each budget write the demo user's file (its group's blocks, resizable) and test every user with its
+    group's file; then shrink the largest file on the device to the smallest budget. Returns what it did."""
+    import time
+
+    from pocketrec.data import load_interactions
+    from pocketrec.device.runtime import load
+    from pocketrec.methods import registry
+    from pocketrec.methods.peel import PEEL_FILE
+    from pocketrec.methods.peel_customize import PeelCustomizer
+    from pocketrec.search.budget import parse_budget
+    from pocketrec.train.checkpoint import CheckpointError, read_meta
+
+    data = load_interactions(dataset)
+    run = out / "peel"
+    try:
+        done = read_meta(run / "best").get("test") is not None and (run / PEEL_FILE).exists()
+    except CheckpointError:
+        done = False
+    if done:
+        log(f"peel: reusing {run}")
+        seconds = 0.0
+    else:
+        if run.exists():
+            import shutil
+
+            shutil.rmtree(run)  # an unfinished demo run of this folder: the demo owns it
+        spec = registry.get_method("peel")
+        cfg = spec.load_config(None, [*DEMO_PEEL, f"teacher={out / 'rule'}", f"out={run}",
+                                      *(["train.progress=false"] if quiet else [])])
+        log("peel: k-means user groups, then each group's turned copy of the RULE blocks refined with its "
+            "block-weight controller")
+        started = time.perf_counter()
+        spec.compress(cfg, data)
+        seconds = time.perf_counter() - started
+    peel = PeelCustomizer(run, dataset=data)
+    user = data.users.raw_ids[0]
+    group = peel.group_of(user)
+    rows = []
+    for budget in budgets:
+        started = time.perf_counter()
+        choices = {g: peel.choose(budget, g, dtype="int8") for g in range(peel.num_groups)}
+        path = out / "artifacts" / f"peel-{budget.replace('%', 'pct')}-user-{user}.safetensors"
+        peel.write(choices[group], path, users=[user])
+        seconds_one = time.perf_counter() - started
+        test = peel.state.evaluate(peel.base, data, "test", {g: (c.mask, c.dtype) for g, c in choices.items()})
+        rows.append({**choices[group].summary(), "seconds": round(seconds_one, 3), "test": test})
+    device = load(rows[-1]["artifact"])
+    started = time.perf_counter()
+    device.shrink(parse_budget(budgets[0], peel.dense_bytes))
+    shrink_ms = 1000 * (time.perf_counter() - started)
+    same = device.manifest["checksum"] == load(rows[0]["artifact"]).manifest["checksum"]
+    items, _ = device.recommend_user(user, k=5)
+    return {"train_seconds": seconds, "user": user, "group": group, "groups": peel.num_groups, "rows": rows,
+            "shrink_ms": shrink_ms, "shrunk_equals_direct": same, "shrunk_table_bytes": device.table_bytes,
+            "items": items}
 
 
 def _finished(best: Path, data: Any) -> bool:

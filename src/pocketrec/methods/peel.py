@@ -2,39 +2,34 @@
 model, refined once per user group, so that each group's devices get the item blocks that matter to them.
 
 The authors released only the pretraining (RULE's elastic training, :mod:`pocketrec.methods.rule`); the
-user clustering, the controller, the bi-level optimisation and the selection come from the paper's
-abstract, README and figure (docs/methods/peel.md says what is known and what is ours). What pocketrec builds (``pocketrec compress --method
-peel --teacher RULE_RUN``), each choice a setting:
+user clustering, the controller, the bi-level optimisation and the selection come from the paper's abstract,
+README and figure (``docs/methods/peel.md`` says what is known and what is pocketrec's). What pocketrec
+builds (``pocketrec compress --method peel --teacher RULE_RUN``), each choice a setting of :class:`PeelConfig`:
 
 1. **User groups**: k-means (scikit-learn) on the RULE model's user vectors into ``user_groups`` groups
    (:func:`cluster_users`). A user's group is stored next to its vector (``peel.safetensors``); a new user
    goes to the nearest centroid (:func:`nearest_group`).
-2. **Per-group refinement**: each group gets a copy of the elastic blocks (:class:`GroupRefiner`), refined on
-   that group's training interactions with BPR plus distillation from the LightGCN teacher RULE was trained
-   from (:class:`~pocketrec.methods.cf_compress.CFDistillConfig`), and a controller
-   (:class:`BlockController`) that outputs block weights ``alpha (G, N)``, a softmax over the ``N`` blocks of
-   each item group from two inputs: the item group's popularity among the group's users and its recent
-   training loss. The score is **alpha-weighted**: ``s(u, i) = sum_{k in S} N alpha[g(i), k] <u_k, e_ik>``;
-   at ``alpha = 1/N`` (the controller's start: its last layer is zero) it is RULE's aligned score exactly.
-   Bi-level, first order (the AutoEmb baseline of the authors' repository): after every optimiser step on
-   the blocks (a training batch, ``alpha`` fixed), one step on the controller (a batch of the group's
-   *held-out* interactions, ``held_out`` of them, blocks fixed). With ``truncated`` each loss also scores
-   the batch under a random budget's architecture (the pairs of largest ``alpha``), so that the truncated
-   models are trained, not only the full one.
-3. **The score the device uses is the alpha-weighted one**: ``N alpha[g, k]`` is one number per (item
-   group, block), so it is folded into the stored blocks at export (:func:`folded_blocks`): the device file
-   is an ordinary elastic table (same layout, same bytes, same numpy runtime and ONNX graph), and training
-   and serving compute the same score (``benchmarks/peel.py`` measures the two, and the raw-block
-   alternative).
-4. **Selection** (:mod:`pocketrec.methods.peel_customize`): for a budget and a group, the (item group,
-   block) pairs of largest ``alpha`` that fit, each item group keeping at least one; the blocks are stored
-   in ``alpha`` order (the artifact's block priority), so a device shrinks and grows it by itself
-   (:mod:`pocketrec.device.np_resize`).
+2. **A turned copy per group** (``rotation="users"``, :func:`group_rotation`): the group's copy of the blocks
+   and the users' vectors turned so that the first blocks hold the directions the group's users weigh most.
+3. **Refinement** of each copy (:class:`GroupRefiner`) on the group's training interactions: BPR plus
+   distillation from the LightGCN teacher RULE was trained from
+   (:class:`~pocketrec.methods.cf_compress.CFDistillConfig`), on the full architecture and (``truncated``)
+   on a random budget's architecture under the current ``alpha``.
+4. **The controller** (:class:`BlockController`): ``alpha (G, N)``, a softmax over each item group's blocks
+   from the item group's popularity among the group's users and its recent training loss. Bi-level, first
+   order (the AutoEmb baseline of the authors' repository): after every optimiser step on the blocks (a
+   training batch, ``alpha`` fixed), one step on the controller (a batch of the group's *held-out*
+   interactions, blocks fixed) through a soft version of a random budget's selection (:func:`soft_keep`).
+5. **The device scores with the raw blocks**: ``alpha`` decides which blocks a file keeps and in which order
+   they are stored (its block priority: :mod:`pocketrec.methods.peel_customize`), not how they are weighed.
+   Training scores the same way, so training and serving agree (``benchmarks/peel.py`` compares the torch
+   and numpy scores), and a PEEL file is an ordinary elastic table: same layout, bytes, numpy runtime, ONNX
+   graph and on-device resizing (:mod:`pocketrec.device.np_resize`).
 
 The epoch of each group is chosen on the group's validation users: the mean Recall@20 over the
 architectures of :data:`VALID_FRACTIONS` of the full table (the budgets a group's devices will have, not the
-full model alone). A group whose refinement never beats the RULE model on that measure keeps RULE's blocks
-and uniform ``alpha`` (recorded as ``refined: false``).
+full model alone). A group whose refinement never beats its starting point on that measure keeps it (RULE's
+blocks, turned, and the prior's ``alpha``; recorded as ``refined: false``).
 """
 
 from __future__ import annotations
@@ -147,8 +142,7 @@ def group_rotation(user_vectors: Tensor, kind: str = "users") -> Tensor:
     vectors' second moment ``U_g^T U_g``, largest first, so that the leading blocks hold the directions the
     group's users weigh most (a group's first block then carries more of its scores than the shared basis's;
     scores of the full architecture are unchanged: ``u R (v R)^T = u v^T``); ``"none"``: the identity (RULE's
-    shared basis). Measured on ml-100k, validation Recall@20 of each of 4 groups with its first 1 and 2 blocks
-    of 16, before any refinement: 21.4 -> 22.1, 36.9 -> 38.8, 49.8 -> 52.9, 21.8 -> 23.0 (1 block)."""
+    shared basis). ``benchmarks/peel.py`` measures it (its ``no group rotation`` variant)."""
     dim = user_vectors.shape[1]
     if kind == "none" or len(user_vectors) == 0:
         return torch.eye(dim, dtype=user_vectors.dtype)
@@ -200,9 +194,8 @@ class BlockController(nn.Module):
 
     The last layer starts at zero, so ``alpha`` starts next to uniform (RULE's score, within ``order_prior``)
     and its order is RULE's (the blocks by index, then the item groups by popularity): the order is what the
-    selection follows, and a uniform ``alpha`` has none, so that without the prior the first step's noise
-    would decide it (measured on ml-100k: the mean validation Recall@20 over budgets fell from 33.6 to 7.9
-    after one step at a learning rate of 1e-8)."""
+    selection follows, and a uniform ``alpha`` has none, so that without the prior the first steps' noise
+    would decide it (``benchmarks/peel.py``, its ``no order prior`` variant)."""
 
     def __init__(self, num_blocks: int, hidden: int = 16, order_prior: float = 0.01) -> None:
         super().__init__()
