@@ -177,12 +177,20 @@ QUICK = [(lang, code) for marker, lang, code in readme_blocks() if marker == "qu
 DEFAULT_BLOCKS = (0, 1)
 
 
+@pytest.fixture(scope="module")
+def tour_folder(tmp_path_factory) -> Path:
+    """One folder for every README block, run in order: a block may use what an earlier one made (the RULE and
+    PEEL blocks start from the tour's LightGCN and RULE runs), as a reader running them in turn does."""
+    return tmp_path_factory.mktemp("readme-tour")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(QUICK)))
-def test_readme_quick_block_runs(index, tmp_path, monkeypatch):
-    """A quick README block, as written, in an empty folder (ml-100k is built in)."""
+def test_readme_quick_block_runs(index, tour_folder, monkeypatch):
+    """A quick README block, as written, in the tour's folder (ml-100k is built in)."""
     if index not in DEFAULT_BLOCKS and not FULL:
         pytest.skip("set POCKETREC_DOCS_FULL=1 to run every README block")
+    tmp_path = tour_folder
     monkeypatch.chdir(tmp_path)
     lang, code = QUICK[index]
     if lang == "bash":
