@@ -45,6 +45,7 @@ from cf_tables import finished, teacher_run
 from rule import as_run, slug, variant_run
 
 from common import print_table, write_rows
+from pocketrec.eval.cf_metrics import keep_rows
 
 #: variant -> ``pocketrec compress --method peel`` options; the first is the default model
 VARIANTS = {
@@ -57,17 +58,6 @@ VARIANTS = {
     "peel (no order prior)": ["order_prior=0"],
 }
 COLUMNS = ["dataset", "budget", "method", "table_bytes", "Recall@20 %", "NDCG@20 %"]
-
-
-def subset(matrix: Any, users: np.ndarray) -> Any:
-    """The rows of ``users`` of a CSR matrix, the others emptied."""
-    from scipy import sparse
-
-    keep = np.zeros(matrix.shape[0])
-    keep[users] = 1.0
-    out = (sparse.diags(keep) @ matrix).tocsr()
-    out.eliminate_zeros()
-    return out
 
 
 def rule_metrics(customizer: Any, choice: Any, data: Any, truth: Any) -> dict[str, float]:
@@ -94,7 +84,7 @@ def by_group(evaluate, groups: list[np.ndarray], truth: Any) -> dict[str, Any]:
     overall = evaluate(truth)
     out = {"recall@20": overall["recall@20"], "ndcg@20": overall["ndcg@20"]}
     for g, users in enumerate(groups):
-        part = subset(truth, users)
+        part = keep_rows(truth, users)
         if part.nnz:
             m = evaluate(part)
             out[f"g{g}_recall@20"], out[f"g{g}_users"] = m["recall@20"], int(m["users"])
@@ -134,7 +124,7 @@ def fleet(data: Any, rule: Any, peel: Any, dense: int, args, log) -> list[dict[s
         members = users[level_of == index]
         if not len(members):
             continue
-        part = subset(truth, members)
+        part = keep_rows(truth, members)
         try:
             choices = {"rule": rule.choose(int(level)), "uniform": rule.choose(int(level), strategy="uniform")}
             peel_chosen = peel_choices(peel, int(level))

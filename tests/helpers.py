@@ -56,6 +56,14 @@ def student_train_config(epochs: int = 2) -> TrainConfig:
     return TrainConfig(epochs=epochs, batch_size=32, lr=5e-3, seed=7, progress=False, patience=10)
 
 
+#: a small LightGCN teacher of :func:`synthetic_interactions` (``load_teacher_config`` overrides; add ``out=``)
+CF_TEACHER = ["backbone=lightgcn", "dataset=synthetic-cf", "encoder.dim=16", "encoder.layers=2", "train.lr=0.01",
+              "train.batch_size=256", "train.epochs=4", "train.patience=4", "train.progress=false"]
+#: a small RULE model of that teacher (``rule`` config overrides; add ``teacher=`` and ``out=``)
+CF_RULE = ["num_blocks=4", "num_groups=5", "train.epochs=2", "train.batch_size=512", "train.lr=0.01",
+           "train.progress=false", "label_archs=40", "label_users=100"]
+
+
 def synthetic_interactions(num_users: int = 150, num_items: int = 60, clusters: int = 4, per_user: int = 12,
                            seed: int = 0):
     """An :class:`~pocketrec.data.interactions.InteractionDataset` where users of cluster ``c`` mostly like

@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import synthetic_interactions
+from helpers import CF_TEACHER, synthetic_interactions
 from pocketrec.backbones.lightgcn import LightGCN, LightGCNConfig
 from pocketrec.backbones.user_vectors import UserVectorConfig, UserVectorModel
 from pocketrec.cli import app
@@ -23,8 +23,7 @@ from pocketrec.tables.dense import DenseTable
 from pocketrec.train.checkpoint import load_checkpoint
 from pocketrec.train.teacher import load_teacher_config, train_teacher
 
-TEACHER = ["backbone=lightgcn", "dataset=synthetic-cf", "encoder.dim=16", "encoder.layers=2", "train.lr=0.01",
-           "train.batch_size=256", "train.epochs=4", "train.patience=4", "train.progress=false"]
+TEACHER = CF_TEACHER
 STUDENT = ["budget=5x", "train.epochs=2", "train.batch_size=512", "train.lr=0.01", "train.progress=false"]
 #: per method: fast table options (the learned codes are EODRec's, tested there)
 OPTIONS = {"cf-tt": ["warm_start_steps=100"], "cf-codebook": ["codes=rq"]}

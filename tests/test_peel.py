@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import synthetic_interactions
+from helpers import CF_RULE, CF_TEACHER, synthetic_interactions
 from pocketrec.cli import app
 from pocketrec.device.np_resize import make_delta
 from pocketrec.device.runtime import load
@@ -31,10 +31,8 @@ from pocketrec.methods.peel import (
 from pocketrec.methods.peel_customize import PeelCustomizer
 from pocketrec.train.teacher import load_teacher_config, train_teacher
 
-TEACHER = ["backbone=lightgcn", "dataset=synthetic-cf", "encoder.dim=16", "encoder.layers=2", "train.lr=0.01",
-           "train.batch_size=256", "train.epochs=4", "train.patience=4", "train.progress=false"]
-RULE = ["num_blocks=4", "num_groups=5", "train.epochs=2", "train.batch_size=512", "train.lr=0.01",
-        "train.progress=false", "label_archs=20", "label_users=100", "estimator_epochs=20"]
+TEACHER = CF_TEACHER
+RULE = CF_RULE
 PEEL = ["user_groups=3", "train.epochs=3", "train.batch_size=128", "train.lr=0.01", "train.patience=3",
         "train.progress=false"]
 

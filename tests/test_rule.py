@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import synthetic_interactions
+from helpers import CF_RULE, CF_TEACHER, synthetic_interactions
 from pocketrec.cli import app
 from pocketrec.device.runtime import load
 from pocketrec.eval.cf_metrics import evaluate_cf
@@ -30,10 +30,8 @@ from pocketrec.methods.rule import (
 from pocketrec.tables.elastic import ElasticTable
 from pocketrec.train.teacher import load_teacher_config, train_teacher
 
-TEACHER = ["backbone=lightgcn", "dataset=synthetic-cf", "encoder.dim=16", "encoder.layers=2", "train.lr=0.01",
-           "train.batch_size=256", "train.epochs=4", "train.patience=4", "train.progress=false"]
-RULE = ["num_blocks=4", "num_groups=5", "train.epochs=2", "train.batch_size=512", "train.lr=0.01",
-        "train.progress=false", "label_archs=40", "label_users=100"]
+TEACHER = CF_TEACHER
+RULE = CF_RULE
 
 
 @pytest.fixture(scope="module")

@@ -65,33 +65,14 @@ def run_rule_demo(dataset: str, out: Path, log: Callable[[str], None], quiet: bo
     import time
 
     from pocketrec.data import load_interactions
-    from pocketrec.methods import registry
     from pocketrec.methods.customize import Customizer
     from pocketrec.methods.rule import ESTIMATOR_FILE
-    from pocketrec.train.checkpoint import CheckpointError, read_meta
 
     data = load_interactions(dataset)
     run = out / "rule"
-    try:
-        done = read_meta(run / "best").get("test") is not None and (run / ESTIMATOR_FILE).exists()
-    except CheckpointError:
-        done = False
-    if done:
-        log(f"rule: reusing {run}")
-        seconds = 0.0
-    else:
-        if run.exists():
-            import shutil
-
-            shutil.rmtree(run)  # an unfinished demo run of this folder: the demo owns it
-        spec = registry.get_method("rule")
-        cfg = spec.load_config(None, [*DEMO_RULE, f"teacher={out / 'lightgcn' / 'best'}", f"out={run}",
-                                      *(["train.progress=false"] if quiet else [])])
-        log("rule: training the elastic model once (blocks of the teacher's rotated item vectors, random "
-            "sub-architectures each step), then its estimator")
-        started = time.perf_counter()
-        spec.compress(cfg, data)
-        seconds = time.perf_counter() - started
+    seconds = train_once("rule", [*DEMO_RULE, f"teacher={out / 'lightgcn' / 'best'}"], run, ESTIMATOR_FILE, data,
+                         log, quiet, "rule: training the elastic model once (blocks of the teacher's rotated item "
+                         "vectors, random sub-architectures each step), then its estimator")
     customizer = Customizer(run, dataset=data)
     user = data.users.raw_ids[0]
     rows = []
@@ -118,34 +99,15 @@ def run_peel_demo(dataset: str, out: Path, log: Callable[[str], None], quiet: bo
 
     from pocketrec.data import load_interactions
     from pocketrec.device.runtime import load
-    from pocketrec.methods import registry
     from pocketrec.methods.peel import PEEL_FILE
     from pocketrec.methods.peel_customize import PeelCustomizer
     from pocketrec.search.budget import parse_budget
-    from pocketrec.train.checkpoint import CheckpointError, read_meta
 
     data = load_interactions(dataset)
     run = out / "peel"
-    try:
-        done = read_meta(run / "best").get("test") is not None and (run / PEEL_FILE).exists()
-    except CheckpointError:
-        done = False
-    if done:
-        log(f"peel: reusing {run}")
-        seconds = 0.0
-    else:
-        if run.exists():
-            import shutil
-
-            shutil.rmtree(run)  # an unfinished demo run of this folder: the demo owns it
-        spec = registry.get_method("peel")
-        cfg = spec.load_config(None, [*DEMO_PEEL, f"teacher={out / 'rule'}", f"out={run}",
-                                      *(["train.progress=false"] if quiet else [])])
-        log("peel: k-means user groups, then each group's turned copy of the RULE blocks refined with its "
-            "block-weight controller")
-        started = time.perf_counter()
-        spec.compress(cfg, data)
-        seconds = time.perf_counter() - started
+    seconds = train_once("peel", [*DEMO_PEEL, f"teacher={out / 'rule'}"], run, PEEL_FILE, data, log, quiet,
+                         "peel: k-means user groups, then each group's turned copy of the RULE blocks refined with "
+                         "its block-weight controller")
     peel = PeelCustomizer(run, dataset=data)
     user = data.users.raw_ids[0]
     group = peel.group_of(user)
@@ -167,6 +129,34 @@ def run_peel_demo(dataset: str, out: Path, log: Callable[[str], None], quiet: bo
     return {"train_seconds": seconds, "user": user, "group": group, "groups": peel.num_groups, "rows": rows,
             "shrink_ms": shrink_ms, "shrunk_equals_direct": same, "shrunk_table_bytes": device.table_bytes,
             "items": items}
+
+
+def train_once(method: str, overrides: list[str], run: Path, done_file: str, data: Any, log: Callable[[str], None],
+               quiet: bool, message: str) -> float:
+    """Train ``method`` into ``run`` unless a finished run is there (tested, with ``done_file``, the file its
+    training writes last); returns the seconds it took (0 when reused). An unfinished run is replaced."""
+    import time
+
+    from pocketrec.methods import registry
+    from pocketrec.train.checkpoint import CheckpointError, read_meta
+
+    try:
+        done = read_meta(run / "best").get("test") is not None and (run / done_file).exists()
+    except CheckpointError:
+        done = False
+    if done:
+        log(f"{method}: reusing {run}")
+        return 0.0
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)  # an unfinished demo run of this folder: the demo owns it
+    spec = registry.get_method(method)
+    cfg = spec.load_config(None, [*overrides, f"out={run}", *(["train.progress=false"] if quiet else [])])
+    log(message)
+    started = time.perf_counter()
+    spec.compress(cfg, data)
+    return time.perf_counter() - started
 
 
 def _finished(best: Path, data: Any) -> bool:

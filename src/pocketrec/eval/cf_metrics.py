@@ -43,6 +43,29 @@ ScoreUsers = Callable[[Tensor], Tensor]
 
 
 @torch.no_grad()
+def keep_rows(matrix: csr_matrix, rows: np.ndarray) -> csr_matrix:
+    """``matrix`` (CSR) with only the rows ``rows`` kept (the others emptied, the shape unchanged): the held-out
+    interactions of a subset of users, for :func:`evaluate_cf`."""
+    from scipy import sparse
+
+    keep = np.zeros(matrix.shape[0])
+    keep[np.asarray(rows, dtype=np.int64)] = 1.0
+    out = (sparse.diags(keep) @ matrix).tocsr()
+    out.eliminate_zeros()
+    return out
+
+
+def sample_users(truth: csr_matrix, max_users: int, seed: int = 0, users: np.ndarray | None = None) -> np.ndarray:
+    """The users (rows) of ``truth`` with held-out interactions, among ``users`` when given, at most
+    ``max_users`` of them drawn with ``seed`` (sorted)."""
+    have = np.flatnonzero(np.diff(truth.tocsr().indptr) > 0)
+    if users is not None:
+        have = np.intersect1d(have, np.asarray(users, dtype=np.int64))
+    if len(have) > max_users:
+        have = np.sort(np.random.default_rng(seed).choice(have, max_users, replace=False))
+    return have
+
+
 def evaluate_cf(score_users: ScoreUsers, truth: csr_matrix, exclude: csr_matrix | None = None,
                 ks: Iterable[int] = CF_KS, user_batch: int = 1024, max_scores: int = CF_MAX_SCORES,
                 progress: bool = False, desc: str = "eval") -> dict[str, float]:

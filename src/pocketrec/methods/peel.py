@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from pocketrec.backbones.bpr import BPRBatches
 from pocketrec.backbones.user_vectors import UserVectorModel
 from pocketrec.config import to_dict
-from pocketrec.eval.cf_metrics import evaluate_cf
+from pocketrec.eval.cf_metrics import evaluate_cf, keep_rows, sample_users
 from pocketrec.formats.elastic_arrays import elastic_nbytes, select_by_priority
 from pocketrec.methods.cf_compress import CFDistillConfig, load_cf_teacher, softmax_kl
 from pocketrec.methods.recipe import CompressResult, RecipeConfig
@@ -276,10 +276,7 @@ def group_data(dataset: Any, labels: np.ndarray, group: int, item_groups: np.nda
     """The training interactions of the users of ``group``, each in the held-out part with probability
     ``held_out`` (seeded), and the item groups' popularity among those users."""
     users = np.flatnonzero(labels == group)
-    keep = np.zeros(dataset.train.shape[0])
-    keep[users] = 1.0
-    mine = (sparse.diags(keep) @ dataset.train).tocsr()
-    mine.eliminate_zeros()
+    mine = keep_rows(dataset.train, users)
     coo = mine.tocoo()
     held = np.random.default_rng(seed * 7919 + group).random(coo.nnz) < held_out
     parts = [sparse.csr_matrix((coo.data[m], (coo.row[m], coo.col[m])), shape=mine.shape) for m in (~held, held)]
@@ -324,13 +321,8 @@ class GroupValidator:
     def __init__(self, refiner: GroupRefiner, dataset: Any, users: np.ndarray, tie_order: np.ndarray,
                  group_sizes: np.ndarray, max_users: int, seed: int) -> None:
         truth = dataset.matrix("valid").tocsr()
-        users = users[np.diff(truth.indptr)[users] > 0]
-        if len(users) > max_users:
-            users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
-        keep = np.zeros(truth.shape[0])
-        keep[users] = 1.0
-        self.truth = (sparse.diags(keep) @ truth).tocsr()
-        self.truth.eliminate_zeros()
+        users = sample_users(truth, max_users, seed, users)
+        self.truth = keep_rows(truth, users)
         self.exclude = dataset.seen("valid")
         self.users = users
         self.refiner, self.tie_order, self.group_sizes = refiner, tie_order, group_sizes

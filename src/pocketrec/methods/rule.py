@@ -39,7 +39,7 @@ from torch import Tensor
 
 from pocketrec.backbones.user_vectors import UserVectorConfig, UserVectorModel
 from pocketrec.config import to_dict
-from pocketrec.eval.cf_metrics import evaluate_cf
+from pocketrec.eval.cf_metrics import evaluate_cf, keep_rows, sample_users
 from pocketrec.methods.cf_compress import CFDistillConfig, cf_distillation_loss, cf_student_train, load_cf_teacher
 from pocketrec.methods.recipe import CompressResult, RecipeConfig
 from pocketrec.search.architectures import ArchitectureSpace, PrefixSpace
@@ -228,20 +228,12 @@ class ArchitectureEvaluator:
         model.eval()
         self.model = model
         truth = dataset.matrix(split).tocsr()
-        candidates = np.flatnonzero(np.diff(truth.indptr) > 0)
-        if users is not None:
-            candidates = np.intersect1d(candidates, np.asarray(users, dtype=np.int64))
-            if not len(candidates):
-                raise ValueError(f"none of the {len(users)} given users has {split} interactions")
-        users = candidates
-        if len(users) > max_users:
-            users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
-        keep = np.zeros(truth.shape[0])
-        keep[users] = 1.0
-        from scipy import sparse
-
-        self.truth = (sparse.diags(keep) @ truth).tocsr()
-        self.truth.eliminate_zeros()
+        chosen = sample_users(truth, max_users, seed, users)
+        if not len(chosen):
+            raise ValueError(f"no user has {split} interactions" if users is None else
+                             f"none of the {len(users)} given users has {split} interactions")
+        users = chosen
+        self.truth = keep_rows(truth, users)
         self.exclude = dataset.seen(split)
         self.num_users = len(users)
         self._stored: dict[str, Tensor] = {}  # stored precision -> every block rounded to it
