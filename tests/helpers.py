@@ -83,3 +83,19 @@ def synthetic_interactions(num_users: int = 150, num_items: int = 60, clusters: 
     rows = Interactions(users=users, items=items, timestamps=np.arange(len(users)), ratings=None,
                         source="synthetic interactions")
     return split_interactions("synthetic-cf", rows, seed=seed)
+
+
+def one_line_error(result) -> str:
+    """The output of a CLI run (typer's ``CliRunner``) that failed as bad input: exit code 2, one ``error:`` line,
+    no traceback; returned with its whitespace collapsed."""
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and text.startswith("error:") and "Traceback" not in result.output, result.output
+    return text
+
+
+def cli_on(data, monkeypatch):
+    """A ``CliRunner`` whose dataset loader returns ``data`` whatever the name (a synthetic dataset by name)."""
+    from typer.testing import CliRunner
+
+    monkeypatch.setattr("pocketrec.data.registry.load_interactions", lambda name: data)
+    return CliRunner()

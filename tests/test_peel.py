@@ -10,9 +10,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from helpers import CF_RULE, CF_TEACHER, synthetic_interactions
+from helpers import CF_RULE, CF_TEACHER, cli_on, one_line_error, synthetic_interactions
 from pocketrec.cli import app
 from pocketrec.device.np_resize import make_delta
 from pocketrec.device.runtime import load
@@ -67,14 +66,7 @@ def peel(run, data):
 
 @pytest.fixture
 def cli(data, monkeypatch):
-    monkeypatch.setattr("pocketrec.data.registry.load_interactions", lambda name: data)
-    return CliRunner()
-
-
-def one_line_error(result) -> str:
-    text = " ".join(result.output.split())
-    assert result.exit_code == 2 and text.startswith("error:") and "Traceback" not in result.output, result.output
-    return text
+    return cli_on(data, monkeypatch)
 
 
 def test_user_groups_are_k_means_and_a_new_user_goes_to_the_nearest_centroid():

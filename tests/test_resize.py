@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import synthetic_interactions
+from helpers import one_line_error, synthetic_interactions
 from pocketrec.backbones.user_vectors import UserVectorModel
 from pocketrec.cli import app
 from pocketrec.device.artifact import build_artifact, export_artifact
@@ -333,12 +333,6 @@ def test_customize_writes_rule_artifacts_a_device_can_shrink(rule_run, data, tmp
 
 
 # ------------------------------------------------------------------------------------------------ command line
-
-
-def one_line_error(result) -> str:
-    text = " ".join(result.output.split())
-    assert result.exit_code == 2 and text.startswith("error:") and "Traceback" not in result.output, result.output
-    return text
 
 
 def test_cli_resize_and_delta(data, tmp_path):

@@ -10,9 +10,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from helpers import CF_RULE, CF_TEACHER, synthetic_interactions
+from helpers import CF_RULE, CF_TEACHER, cli_on, one_line_error, synthetic_interactions
 from pocketrec.cli import app
 from pocketrec.device.runtime import load
 from pocketrec.eval.cf_metrics import evaluate_cf
@@ -56,14 +55,7 @@ def run(teacher, data, tmp_path_factory):
 
 @pytest.fixture
 def cli(data, monkeypatch):
-    monkeypatch.setattr("pocketrec.data.registry.load_interactions", lambda name: data)
-    return CliRunner()
-
-
-def one_line_error(result) -> str:
-    text = " ".join(result.output.split())
-    assert result.exit_code == 2 and text.startswith("error:") and "Traceback" not in result.output, result.output
-    return text
+    return cli_on(data, monkeypatch)
 
 
 def test_the_rotation_changes_no_score_and_orders_the_blocks_by_energy(teacher, data):
