@@ -152,6 +152,14 @@ def test_a_refined_group_scores_through_its_rotation_as_the_full_model_does(peel
         assert torch.allclose(model.score_users(users)[:, 1:], rule.score_users(users)[:, 1:], atol=1e-4)
 
 
+def test_a_known_users_vector_lands_in_its_own_group(peel, data):
+    vectors = peel.base.user_vectors.detach().numpy()
+    for user in (1, 2, 3, 40):
+        assert peel.group_of_vector(vectors[user]) == peel.state.labels[user]
+    with pytest.raises(ValueError, match="has 16 values, got 3"):
+        peel.group_of_vector(np.zeros(3))
+
+
 def test_selection_takes_the_largest_alpha_that_fits_and_the_device_ranks_as_torch(peel, data, tmp_path):
     dense = peel.dense_bytes
     for budget in ("30%", "60%", dense):

@@ -19,7 +19,7 @@ import numpy as np
 
 from pocketrec.formats.elastic_arrays import select_by_priority
 from pocketrec.methods.customize import AUTO_DTYPES, Choice, block_priority, run_folder_of
-from pocketrec.methods.peel import PEEL_FILE, PeelState, alpha_priority
+from pocketrec.methods.peel import PEEL_FILE, PeelState, alpha_priority, nearest_group
 from pocketrec.methods.rule import ArchitectureEvaluator
 from pocketrec.search.budget import parse_budget
 from pocketrec.tables.elastic import ElasticTable
@@ -65,8 +65,16 @@ class PeelCustomizer:
         internal = self.data.users.get(user)
         if internal is None:
             raise ValueError(f"unknown user {user!r}: not among the {len(self.data.users):,} users of "
-                             f"{self.data.name} (a new user is assigned by nearest centroid: peel.nearest_group)")
+                             f"{self.data.name} (a new user's group comes from its vector: group_of_vector)")
         return int(self.state.labels[internal])
+
+    def group_of_vector(self, vector: np.ndarray) -> int:
+        """The group of a user the clustering never saw, from its vector (in the RULE model's user space: the
+        LightGCN teacher's propagated vector, turned by RULE's rotation): the nearest centroid."""
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if vector.shape[0] != self.state.centroids.shape[1]:
+            raise ValueError(f"a user vector has {self.state.centroids.shape[1]} values, got {vector.shape[0]}")
+        return int(nearest_group(vector, self.state.centroids)[0])
 
     def check_group(self, group: int) -> int:
         if not 0 <= int(group) < self.num_groups:
