@@ -223,6 +223,14 @@ def test_customize_takes_a_group_or_a_user(run, peel, data, cli, tmp_path):
     assert len(ids) == 5
 
 
+def test_the_command_line_trains_peel_from_a_rule_run(rule_run, cli, tmp_path):
+    result = cli.invoke(app, ["compress", "--method", "peel", "--teacher", str(rule_run), "--out",
+                              str(tmp_path / "p"), "--user_groups=2", "--train.epochs=1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "2 user groups refined" in " ".join(result.output.split())
+    assert (tmp_path / "p" / PEEL_FILE).exists()
+
+
 def test_bad_input_is_one_line_and_writes_nothing(run, rule_run, peel, data, cli, tmp_path):
     out, _ = run
     target = tmp_path / "x.safetensors"

@@ -553,7 +553,9 @@ def compress(ctx: typer.Context,
     --dtype=float32|float16, eodrec also int8 (stored precision of the table's weights; eodrec's default float16),
     --distill.KEY=V (kd_weight, cl_weight, pred_weight, bidirectional, teacher_lr, ...) and --train.KEY=V.
     tt is odrec with t=1; the baselines dense-small, kmeans, int8 and int4 run too (see
-    pocketrec.methods.registry for each method's config class).
+    pocketrec.methods.registry for each method's config class). Collaborative filtering: cf-tt, cf-codebook
+    and rule take a LightGCN teacher; peel takes a RULE run as --teacher (--user_groups=8
+    --rotation=users|none --controller=true|false), then `pocketrec customize --group/--user`.
     """
     from pocketrec.eval.metrics import format_metrics
     from pocketrec.methods.registry import METHODS
@@ -600,7 +602,10 @@ def compress(ctx: typer.Context,
     _say(f"student table {student.table.describe()}")
     _say(f"{format_bytes(result.table_bytes)} vs dense {format_bytes(result.dense_table_bytes)} "
          f"({result.ratio:.1f}x smaller)")
-    trained = f"best epoch {result.fit.best_epoch + 1}" if result.fit is not None else "no training (post-hoc)"
+    peel = result.meta.get("peel")
+    trained = f"best epoch {result.fit.best_epoch + 1}" if result.fit is not None else \
+        (f"{len(peel['groups'])} user groups refined in {peel['refine_seconds']:.0f} s "
+         f"({sum(g['refined'] for g in peel['groups'])} kept their refinement)" if peel else "no training (post-hoc)")
     _say(f"{trained}; test {format_metrics(result.test)}")
     _say(f"checkpoint: {Path(cfg.out) / 'best'}")
 
@@ -627,9 +632,11 @@ def customize(checkpoint: Path = typer.Argument(..., help="a RULE or PEEL run (r
                                                                      "gets (the item table alone)"),
               report: Path | None = typer.Option(None, help="write the chosen architectures and their figures "
                                                             "as JSON (default with --budgets: OUT/report.json)"),
-              resizable: bool = typer.Option(False, help="store the block priority (2 bytes per group and block, "
+              resizable: bool | None = typer.Option(None, "--resizable/--no-resizable",
+                                                    help="store the block priority (2 bytes per group and block, "
                                                          "counted in the budget) so that the device can shrink "
-                                                         "the file itself (pocketrec resize)"),
+                                                         "the file itself (pocketrec resize); default: no for "
+                                                         "RULE, yes for PEEL"),
               sign_key: Path | None = typer.Option(None, "--sign-key", help="sign the artifacts with the key in "
                                                                             "this file (default: "
                                                                             "$POCKETREC_SIGNING_KEY when set)"),
@@ -637,7 +644,7 @@ def customize(checkpoint: Path = typer.Argument(..., help="a RULE or PEEL run (r
     """Fit a trained RULE or PEEL model to device budgets without retraining, then write the device file.
 
     RULE: an architecture search per budget. PEEL (needs --group g or --user U): the blocks of largest alpha
-    of the user's group that fit; its files are resizable on the device by default.
+    of that user group that fit; its files are resizable on the device unless --no-resizable.
 
     Example: pocketrec customize runs/rule-ml-100k --budget 5% -o device.safetensors;
     pocketrec customize runs/rule-ml-100k --budgets 1%,2%,5%,10%,25% -o devices/ (one file per budget, a
@@ -661,7 +668,8 @@ def customize(checkpoint: Path = typer.Argument(..., help="a RULE or PEEL run (r
         if budgets is not None:
             if out.exists() and not out.is_dir():
                 raise ValueError(f"{out} is a file; with --budgets OUT is a folder")
-            targets = [out / f"rule-{b.replace('%', 'pct')}.safetensors" for b in wanted]
+            prefix = "peel" if is_peel_run(checkpoint) else "rule"
+            targets = [out / f"{prefix}-{b.replace('%', 'pct')}.safetensors" for b in wanted]
             report = report or out / "report.json"
         else:
             targets = [out]
@@ -671,11 +679,12 @@ def customize(checkpoint: Path = typer.Argument(..., help="a RULE or PEEL run (r
         key = read_key(sign_key) if sign_key is not None else key_from_env()
         users = [u.strip() for u in user.split(",") if u.strip()] if user else None
         if is_peel_run(checkpoint):
-            customizer, group = _peel_customizer(checkpoint, users, group, strategy, mask)
+            customizer, group = _peel_customizer(checkpoint, users, group, strategy, mask,
+                                                 resizable=True if resizable is None else resizable)
         elif group is not None:
             raise ValueError("--group takes a PEEL run (`pocketrec compress --method peel`); this is a RULE run")
         else:
-            customizer = Customizer(checkpoint, resizable=resizable)
+            customizer = Customizer(checkpoint, resizable=bool(resizable))
         loaded = time.perf_counter() - start
         choices = [customizer.choose(b, group=group, dtype=dtype) if group is not None else
                    customizer.choose(b, strategy=strategy, dtype=dtype, mask=mask) for b in wanted]
@@ -722,7 +731,7 @@ def is_peel_run(checkpoint: Path) -> bool:
 
 
 def _peel_customizer(checkpoint: Path, users: list[str] | None, group: int | None, strategy: str,
-                     mask: Any) -> tuple[Any, int]:
+                     mask: Any, resizable: bool = True) -> tuple[Any, int]:
     """The PEEL customizer and the group its files are for (``--group``, or the group of the one ``--user``)."""
     from pocketrec.methods.peel_customize import PeelCustomizer
 
@@ -732,7 +741,7 @@ def _peel_customizer(checkpoint: Path, users: list[str] | None, group: int | Non
         raise ValueError("a PEEL run serves one user group: give --group g (the table alone) or --user U")
     if users and len(users) != 1:
         raise ValueError("a PEEL file is for one user group: give one --user")
-    customizer = PeelCustomizer(checkpoint)
+    customizer = PeelCustomizer(checkpoint, resizable=resizable)
     return customizer, customizer.check_group(group) if group is not None else customizer.group_of(users[0])
 
 

@@ -106,7 +106,7 @@ def run_peel_demo(dataset: str, out: Path, log: Callable[[str], None], quiet: bo
     data = load_interactions(dataset)
     run = out / "peel"
     seconds = train_once("peel", [*DEMO_PEEL, f"teacher={out / 'rule'}"], run, PEEL_FILE, data, log, quiet,
-                         "peel: k-means user groups, then each group's turned copy of the RULE blocks refined with "
+                         "peel: k-means user groups, then each group's rotated copy of the RULE blocks refined with "
                          "its block-weight controller")
     peel = PeelCustomizer(run, dataset=data)
     user = data.users.raw_ids[0]

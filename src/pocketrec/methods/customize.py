@@ -269,13 +269,14 @@ def read_architecture(path: str | Path) -> np.ndarray:
         raise ValueError(f"{path} does not hold a groups x blocks list of 0/1") from None
 
 
-def write_report(path: str | Path, customizer: Customizer, choices: list[Choice]) -> None:
-    """``path`` (JSON): the checkpoint, the dense table's bytes and every choice; with several choices also a
-    ``curve.png`` next to it (validation Recall@20 against table bytes), when matplotlib is installed."""
+def write_report(path: str | Path, customizer: Any, choices: list[Choice]) -> None:
+    """``path`` (JSON): the checkpoint, the dense table's bytes, the estimator's report (RULE) and every
+    choice; with several choices also a ``curve.png`` next to it (validation Recall@20 against table bytes),
+    when matplotlib is installed. ``customizer``: a RULE :class:`Customizer` or a PEEL ``PeelCustomizer``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"checkpoint": str(customizer.checkpoint), "dense_table_bytes": customizer.dense_bytes,
-            "estimator": customizer.estimator_report, "choices": [c.summary() for c in choices]}
+            "estimator": getattr(customizer, "estimator_report", None), "choices": [c.summary() for c in choices]}
     path.write_text(json.dumps(data, indent=1))
     if len(choices) < 2:
         return
@@ -291,7 +292,7 @@ def write_report(path: str | Path, customizer: Customizer, choices: list[Choice]
     ax.plot([p[0] / customizer.dense_bytes * 100 for p in points], [p[1] for p in points], marker="o")
     ax.set_xlabel("item table, % of the dense table")
     ax.set_ylabel("validation Recall@20")
-    ax.set_title("one RULE model, every budget")
+    ax.set_title(f"one {'PEEL' if hasattr(customizer, 'state') else 'RULE'} model, every budget")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path.with_name("curve.png"), dpi=120)

@@ -9,8 +9,8 @@ builds (``pocketrec compress --method peel --teacher RULE_RUN``), each choice a 
 1. **User groups**: k-means (scikit-learn) on the RULE model's user vectors into ``user_groups`` groups
    (:func:`cluster_users`). A user's group is stored next to its vector (``peel.safetensors``); a new user
    goes to the nearest centroid (:func:`nearest_group`).
-2. **A turned copy per group** (``rotation="users"``, :func:`group_rotation`): the group's copy of the blocks
-   and the users' vectors turned so that the first blocks hold the directions the group's users weigh most.
+2. **A rotated copy per user group** (``rotation="users"``, :func:`group_rotation`): the group's copy of the blocks
+   and the users' vectors rotated so that the first blocks hold the directions the group's users weigh most.
 3. **Refinement** of each copy (:class:`GroupRefiner`) on the group's training interactions: BPR plus
    distillation from the LightGCN teacher RULE was trained from
    (:class:`~pocketrec.methods.cf_compress.CFDistillConfig`), on the full architecture and (``truncated``)
@@ -29,7 +29,7 @@ builds (``pocketrec compress --method peel --teacher RULE_RUN``), each choice a 
 The epoch of each group is chosen on the group's validation users: the mean Recall@20 over the
 architectures of :data:`VALID_FRACTIONS` of the full table (the budgets a group's devices will have, not the
 full model alone). A group whose refinement never beats its starting point on that measure keeps it (RULE's
-blocks, turned, and the prior's ``alpha``; recorded as ``refined: false``).
+blocks, rotated, and the prior's ``alpha``; recorded as ``refined: false``).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from pocketrec.train.trainer import FitResult, TrainConfig, fit, seed_everything
 PEEL_FILE = "peel.safetensors"
 #: the fractions of the full float32 table whose architectures a group's validation averages over
 VALID_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
-#: how a group's copy is turned before refinement (:func:`group_rotation`)
+#: how a group's copy is rotated before refinement (:func:`group_rotation`)
 GROUP_ROTATIONS = ("users", "none")
 #: what ``pocketrec compress --method peel`` needs beyond the core install
 SKLEARN_HINT = "PEEL's user groups need scikit-learn: pip install 'pocketrec[peel]' (or scikit-learn)"
@@ -81,7 +81,7 @@ class PeelConfig(RecipeConfig):
     used (every budget is served afterwards by ``pocketrec customize --group/--user``)."""
 
     budget: str = "1x"
-    user_groups: int = 4
+    user_groups: int = 8
     rotation: str = "users"
     controller: bool = True
     controller_hidden: int = 16
@@ -138,7 +138,7 @@ def nearest_group(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 
 def group_rotation(user_vectors: Tensor, kind: str = "users") -> Tensor:
-    """The orthogonal ``(D, D)`` turn of a group's copy: ``"users"``, the eigenvectors of the group's user
+    """The orthogonal ``(D, D)`` rotation of a group's copy: ``"users"``, the eigenvectors of the group's user
     vectors' second moment ``U_g^T U_g``, largest first, so that the leading blocks hold the directions the
     group's users weigh most (a group's first block then carries more of its scores than the shared basis's;
     scores of the full architecture are unchanged: ``u R (v R)^T = u v^T``); ``"none"``: the identity (RULE's
@@ -526,7 +526,7 @@ def _peak_rss() -> int:
 class PeelState:
     """What a PEEL run adds to its RULE model: every user's group (``-1`` for row 0), the centroids, and each
     group's refined blocks ``(Gu, R, N, b)``, alpha ``(Gu, G, N)`` and rotation ``(Gu, D, D)`` (the group's
-    blocks are in its turned basis; its users' vectors are turned by it when its model is built)."""
+    blocks are in its rotated basis; its users' vectors are rotated by it when its model is built)."""
 
     labels: np.ndarray
     centroids: np.ndarray

@@ -70,7 +70,7 @@ class PeelCustomizer:
 
     def group_of_vector(self, vector: np.ndarray) -> int:
         """The group of a user the clustering never saw, from its vector (in the RULE model's user space: the
-        LightGCN teacher's propagated vector, turned by RULE's rotation): the nearest centroid."""
+        LightGCN teacher's propagated vector, rotated by RULE's rotation): the nearest centroid."""
         vector = np.asarray(vector, dtype=np.float32).reshape(-1)
         if vector.shape[0] != self.state.centroids.shape[1]:
             raise ValueError(f"a user vector has {self.state.centroids.shape[1]} values, got {vector.shape[0]}")
