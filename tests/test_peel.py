@@ -5,6 +5,7 @@ bad input refused in one line with nothing written."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -221,6 +222,14 @@ def test_customize_takes_a_group_or_a_user(run, peel, data, cli, tmp_path):
     assert "user group 2 of 3" in " ".join(result.output.split())
     ids, _ = load(tmp_path / "u.safetensors").recommend_user(user, k=5)
     assert len(ids) == 5
+    result = cli.invoke(app, ["customize", str(out), "--budgets", "40%,70%", "--group", "0", "--no-resizable",
+                              "-o", str(tmp_path / "files")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "files" / "report.json").read_text())
+    assert [c["group"] for c in report["choices"]] == [0, 0] and report["estimator"] is None
+    small = load(tmp_path / "files" / "peel-40pct.safetensors")
+    assert "table/priority" not in small.tensors  # --no-resizable
+    assert int(small.manifest["table_bytes"]) <= int(0.4 * peel.dense_bytes)
 
 
 def test_the_command_line_trains_peel_from_a_rule_run(rule_run, cli, tmp_path):
