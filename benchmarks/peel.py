@@ -155,7 +155,7 @@ def dynamic(data: Any, run: Path, dense: int, args, folder: Path, log) -> dict[s
     peel = PeelCustomizer(run, dataset=data, resizable=True)
     group = 0
     user = data.users.raw_ids[int(peel.members(group)[0]) - 1]
-    big = peel.choose(args.big, group)
+    big = peel.choose(args.big, group, dtype=args.dynamic_dtype)
     small = peel.choose(args.small, group, dtype=big.dtype)
     folder.mkdir(parents=True, exist_ok=True)
     big_path, small_path = folder / "big.safetensors", folder / "small.safetensors"
@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fleet-seed", type=int, default=0)
     parser.add_argument("--big", default="25%", help="the resizable file's budget (dynamic budgets)")
     parser.add_argument("--small", default="5%", help="the budget it shrinks to")
+    parser.add_argument("--dynamic-dtype", default="int8",
+                        help="the resizable file's precision (a shrink keeps it: int8 reaches the smallest budgets)")
     parser.add_argument("--no-ablation", dest="ablation", action="store_false")
     parser.add_argument("--quick", action="store_true", help="2 epochs everywhere (a smoke run); writes nothing")
     args = parser.parse_args(argv)

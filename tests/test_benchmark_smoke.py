@@ -47,3 +47,46 @@ def test_tt_order_benchmark_fits_every_order(tiny_teacher_dir, tmp_path):
     rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in proc.stdout.splitlines() if ln.startswith("| synthetic")]
     assert [r[2] for r in rows] == ["identity", "random", "clustered"]
     assert all(float(r[5]) >= 4.0 and 0.0 < float(r[6]) < 1.5 for r in rows)  # ratio met; a fit, not noise
+
+
+def markdown_tables(text: str) -> list[list[dict[str, str]]]:
+    """The Markdown tables printed in ``text``, each a list of rows keyed by the header's cells."""
+    tables, header, rows = [], None, []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|") and header is None:
+            header = [c.strip() for c in line.split("|")[1:-1]]
+        elif line.startswith("|---"):
+            continue
+        elif line.startswith("|"):
+            rows.append(dict(zip(header, (c.strip() for c in line.split("|")[1:-1]), strict=True)))
+        elif header is not None:
+            tables.append(rows)
+            header, rows = None, []
+    return tables
+
+
+def test_peel_benchmark_quick(tmp_path):
+    """benchmarks/peel.py --quick on the built-in ml-100k: PEEL, RULE and uniform at two budgets, a small fleet,
+    a shrink / grow round trip on the real checkpoint; nothing written to benchmarks/results."""
+    from pocketrec.tables.dense import DenseTable
+
+    before = (ROOT / "benchmarks" / "results" / "peel.json").read_bytes()
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peel.py"), "--quick", "--no-ablation",
+                           "--budgets", "5%,25%", "--fleet-levels", "3", "--out", str(tmp_path / "peel"),
+                           "--rule-root", str(tmp_path / "rule"), "--teacher-root", str(tmp_path / "teacher")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    main, _variants, fleet, dynamic = markdown_tables(proc.stdout)
+    dense = DenseTable.bytes_for(1656, 64)  # ml-100k's items, the teacher's d
+    chosen = {(r["budget"], r["method"]): r for r in main}
+    assert {("5%", "peel"), ("5%", "rule"), ("5%", "uniform"), ("25%", "peel"), ("1x", "rule (full model)")} \
+        <= set(chosen)
+    for (budget, _), row in chosen.items():
+        if budget != "1x":
+            assert int(row["table_bytes"].replace(",", "")) <= float(budget.rstrip("%")) / 100 * dense
+        assert 0 < float(row["Recall@20 %"]) <= 100
+    assert [r["method"] for r in fleet] == ["fleet peel", "fleet rule", "fleet uniform"]
+    (row,) = dynamic
+    assert row["shrunk_equals_direct"] == row["scores_identical"] == row["grown_equals_big"] == "1"  # True
+    assert int(row["delta_bytes"].replace(",", "")) < int(row["big_file_bytes"].replace(",", ""))
+    assert (ROOT / "benchmarks" / "results" / "peel.json").read_bytes() == before
