@@ -218,7 +218,11 @@ def run_dataset(name: str, args: argparse.Namespace, script: str, log) -> list[d
     truth = data.matrix("test").tocsr()
     rows: list[dict[str, Any]] = []
     default = None
-    for index, (variant, options) in enumerate(VARIANTS.items()):
+    wanted = [v.strip() for v in args.variants.split(",")] if args.variants else list(VARIANTS)
+    unknown = [v for v in wanted if v not in VARIANTS]
+    if unknown or wanted[0] != "peel":
+        raise SystemExit(f"--variants: names of VARIANTS, the default 'peel' first (unknown: {unknown})")
+    for index, (variant, options) in enumerate((v, VARIANTS[v]) for v in wanted):
         if index and not args.ablation:
             break
         run, meta = peel_variant(variant, options, rule_run, data, root, args, log)
@@ -306,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dynamic-dtype", default="int8",
                         help="the resizable file's precision (a shrink keeps it: int8 reaches the smallest budgets)")
     parser.add_argument("--no-ablation", dest="ablation", action="store_false")
+    parser.add_argument("--variants", default="", help="comma-separated names of VARIANTS to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="2 epochs everywhere (a smoke run); writes nothing")
     args = parser.parse_args(argv)
     script = shlex.join(["python", "benchmarks/peel.py", *(sys.argv[1:] if argv is None else argv)])
