@@ -662,13 +662,14 @@ def customize(checkpoint: Path = typer.Argument(..., help="a RULE or PEEL run (r
     try:
         if (budget is None) == (budgets is None):
             raise ValueError("give --budget B (one file) or --budgets B1,B2,... (a folder of files)")
+        peel_run = is_peel_run(checkpoint)
         wanted = [budget] if budget is not None else [b.strip() for b in str(budgets).split(",") if b.strip()]
         if not wanted:
             raise ValueError("--budgets is empty")
         if budgets is not None:
             if out.exists() and not out.is_dir():
                 raise ValueError(f"{out} is a file; with --budgets OUT is a folder")
-            prefix = "peel" if is_peel_run(checkpoint) else "rule"
+            prefix = "peel" if peel_run else "rule"
             targets = [out / f"{prefix}-{b.replace('%', 'pct')}.safetensors" for b in wanted]
             report = report or out / "report.json"
         else:
@@ -678,7 +679,7 @@ def customize(checkpoint: Path = typer.Argument(..., help="a RULE or PEEL run (r
         mask = read_architecture(arch) if arch is not None else None
         key = read_key(sign_key) if sign_key is not None else key_from_env()
         users = [u.strip() for u in user.split(",") if u.strip()] if user else None
-        if is_peel_run(checkpoint):
+        if peel_run:
             customizer, group = _peel_customizer(checkpoint, users, group, strategy, mask,
                                                  resizable=True if resizable is None else resizable)
         elif group is not None:

@@ -105,6 +105,17 @@ def softmax_kl(target: Tensor, scores: Tensor) -> Tensor:
     return (log_target.exp() * (log_target - nn.functional.log_softmax(scores, dim=1))).sum(1).mean()
 
 
+def kd_user_cap(config: CFDistillConfig, num_items: int) -> int:
+    """How many of a batch's users the KD term scores: ``kd_users``, and at most ``2^24`` scores in all."""
+    return max(1, min(config.kd_users, KD_MAX_SCORES // (num_items + 1)))
+
+
+def kd_users_of(batch: Tensor, cap: int) -> Tensor:
+    """The distinct users of a BPR ``batch`` (column 0), a random ``cap`` of them when there are more."""
+    users = torch.unique(batch[:, 0].cpu())
+    return users[torch.randperm(len(users))[:cap]] if len(users) > cap else users
+
+
 def cf_distillation_loss(student: UserVectorModel, teacher: UserVectorModel, config: CFDistillConfig,
                          seen: Any = None) -> LossFn:
     """``loss_fn(batch) -> (loss, parts)`` for BPR batches: the student's own BPR loss plus the
@@ -115,14 +126,12 @@ def cf_distillation_loss(student: UserVectorModel, teacher: UserVectorModel, con
         return base
     if config.exclude_seen and seen is None:
         raise ValueError("exclude_seen needs the training interactions (seen=dataset.train)")
-    cap = max(1, min(config.kd_users, KD_MAX_SCORES // (student.num_items + 1)))
+    cap = kd_user_cap(config, student.num_items)
     temperature = config.temperature
 
     def loss_fn(batch: Tensor) -> tuple[Tensor, dict[str, float]]:
         loss, parts = base(batch)
-        users = torch.unique(batch[:, 0].cpu())
-        if len(users) > cap:
-            users = users[torch.randperm(len(users))[:cap]]
+        users = kd_users_of(batch, cap)
         with torch.no_grad():
             target = teacher.score_users(users)[:, 1:].float() / temperature
         scores = student.score_users(users)[:, 1:].float() / temperature

@@ -53,10 +53,17 @@ from pocketrec.backbones.user_vectors import UserVectorModel
 from pocketrec.config import to_dict
 from pocketrec.eval.cf_metrics import evaluate_cf, keep_rows, sample_users
 from pocketrec.formats.elastic_arrays import elastic_nbytes, select_by_priority
-from pocketrec.methods.cf_compress import CFDistillConfig, load_cf_teacher, softmax_kl
+from pocketrec.methods.cf_compress import (
+    CFDistillConfig,
+    kd_user_cap,
+    kd_users_of,
+    load_cf_teacher,
+    softmax_kl,
+)
 from pocketrec.methods.recipe import CompressResult, RecipeConfig
 from pocketrec.tables.base import mask_padding_column
 from pocketrec.tables.elastic import ElasticTable
+from pocketrec.tables.elastic_core import effective_rows
 from pocketrec.train.trainer import FitResult, TrainConfig, fit, seed_everything
 
 #: the file of a PEEL run (next to its ``best/``) that holds the user groups and every group's blocks and alpha
@@ -192,10 +199,10 @@ class BlockController(nn.Module):
     """``alpha (G, N)``: a softmax over each item group's ``N`` blocks, from its features ``(G, 2)`` (popularity,
     recent loss) through one hidden layer, plus a fixed prior ``-order_prior * k / N`` on block ``k``.
 
-    The last layer starts at zero, so ``alpha`` starts next to uniform (RULE's score, within ``order_prior``)
-    and its order is RULE's (the blocks by index, then the item groups by popularity): the order is what the
-    selection follows, and a uniform ``alpha`` has none, so that without the prior the first steps' noise
-    would decide it (``benchmarks/peel.py``, its ``no order prior`` variant)."""
+    The last layer starts at zero, so ``alpha`` starts next to uniform and, with the prior, explicitly in RULE's
+    order (the blocks by index, then the item groups by popularity), the order the selection follows (ties in
+    ``alpha`` fall back to it anyway: ``benchmarks/peel.py``'s ``no order prior`` variant measured no
+    difference on ml-100k)."""
 
     def __init__(self, num_blocks: int, hidden: int = 16, order_prior: float = 0.01) -> None:
         super().__init__()
@@ -241,9 +248,9 @@ class GroupRefiner(nn.Module):
         groups = self.groups
         if ids is not None:
             blocks, groups = blocks[ids], groups[ids]
-        if keep is not None:
-            blocks = blocks * keep.to(blocks.dtype)[groups].unsqueeze(-1)
-        return blocks.reshape(len(blocks), self.num_blocks * self.block_width)
+        if keep is None:
+            return blocks.reshape(len(blocks), self.num_blocks * self.block_width)
+        return effective_rows(blocks, groups, keep, "aligned")
 
     def note_loss(self, items: Tensor, losses: Tensor) -> None:
         """Fold the per-positive losses of a batch into each item group's running mean (the controller's input)."""
@@ -271,6 +278,21 @@ class GroupData:
     popularity: np.ndarray
 
 
+def group_popularity(train: sparse.csr_matrix, users: np.ndarray, item_groups: np.ndarray,
+                     num_item_groups: int) -> np.ndarray:
+    """Each item group's training interactions ``(G,)`` among ``users``: the controller's popularity input and
+    the key of the tie order (:func:`rule_order`)."""
+    return np.bincount(item_groups[keep_rows(train, users).indices], minlength=num_item_groups).astype(np.float64)
+
+
+def rule_order(popularity: np.ndarray, num_blocks: int) -> np.ndarray:
+    """RULE's block priority for a user group whose item groups have ``popularity``: block index first, then
+    the item groups from most to least popular (where :func:`alpha_priority` breaks ties)."""
+    from pocketrec.methods.customize import block_priority
+
+    return block_priority(np.ones((len(popularity), num_blocks), dtype=bool), popularity)
+
+
 def group_data(dataset: Any, labels: np.ndarray, group: int, item_groups: np.ndarray, num_item_groups: int,
                held_out: float, seed: int) -> GroupData:
     """The training interactions of the users of ``group``, each in the held-out part with probability
@@ -280,8 +302,8 @@ def group_data(dataset: Any, labels: np.ndarray, group: int, item_groups: np.nda
     coo = mine.tocoo()
     held = np.random.default_rng(seed * 7919 + group).random(coo.nnz) < held_out
     parts = [sparse.csr_matrix((coo.data[m], (coo.row[m], coo.col[m])), shape=mine.shape) for m in (~held, held)]
-    popularity = np.bincount(item_groups[coo.col], minlength=num_item_groups).astype(np.float64)
-    return GroupData(group, users, parts[0], parts[1], popularity)
+    return GroupData(group, users, parts[0], parts[1],
+                     group_popularity(dataset.train, users, item_groups, num_item_groups))
 
 
 def _cycle(batches: BPRBatches, seed: int) -> Iterator[Tensor]:
@@ -352,7 +374,7 @@ def refine_group(refiner: GroupRefiner, data: GroupData, validate: GroupValidato
     starting blocks when no epoch beats them."""
     start = time.perf_counter()
     num_items = refiner.blocks.shape[0] - 1
-    kd_cap = max(1, min(cfg.distill.kd_users, 2**24 // (num_items + 1)))
+    kd_cap = kd_user_cap(cfg.distill, num_items)
     temperature = cfg.distill.temperature
     use_kd = teacher is not None and cfg.distill.kd != "none" and cfg.distill.kd_weight > 0
     sizes = np.bincount(refiner.groups[1:].numpy(), minlength=refiner.num_groups)
@@ -378,9 +400,7 @@ def refine_group(refiner: GroupRefiner, data: GroupData, validate: GroupValidato
             loss = losses.mean()
             parts[f"bpr{which}"] = float(loss.detach())
             if use_kd:
-                ids = torch.unique(batch[:, 0])
-                if len(ids) > kd_cap:
-                    ids = ids[torch.randperm(len(ids))[:kd_cap]]
+                ids = kd_users_of(batch, kd_cap)
                 with torch.no_grad():
                     target = teacher.score_users(ids)[:, 1:].float() / temperature
                 scores = (refiner.users[ids] @ refiner.rows(None, keep, detach)[1:].t()) / temperature
@@ -453,7 +473,6 @@ def load_rule_run(path: str | Path) -> tuple[UserVectorModel, dict[str, Any], Pa
 def compress_peel(cfg: PeelConfig, dataset: Any) -> tuple[UserVectorModel, CompressResult]:
     """``peel`` (the registry's runner): cluster the users, refine every group, save ``peel.safetensors`` and
     the base model's checkpoint (``best/``, method ``peel``) under ``cfg.out``."""
-    from pocketrec.methods.customize import block_priority
     from pocketrec.train import distributed
     from pocketrec.train.checkpoint import save_checkpoint
     from pocketrec.train.compat import check_compatible
@@ -479,7 +498,7 @@ def compress_peel(cfg: PeelConfig, dataset: Any) -> tuple[UserVectorModel, Compr
     results, blocks, rotations = [], [], []
     for g in range(cfg.user_groups):
         data = group_data(dataset, labels, g, item_groups, table.num_groups, cfg.held_out, cfg.train.seed)
-        tie = block_priority(np.ones((table.num_groups, table.num_blocks), dtype=bool), data.popularity)
+        tie = rule_order(data.popularity, table.num_blocks)
         rotation = group_rotation(users[data.users], cfg.rotation)
         rows = table.blocks.detach().reshape(table.num_rows, table.dim) @ rotation
         refiner = GroupRefiner(rows.reshape(table.blocks.shape), table.groups, users @ rotation, data.popularity,

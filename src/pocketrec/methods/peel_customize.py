@@ -18,8 +18,15 @@ from typing import Any
 import numpy as np
 
 from pocketrec.formats.elastic_arrays import select_by_priority
-from pocketrec.methods.customize import AUTO_DTYPES, Choice, block_priority, run_folder_of
-from pocketrec.methods.peel import PEEL_FILE, PeelState, alpha_priority, nearest_group
+from pocketrec.methods.customize import AUTO_DTYPES, Choice, run_folder_of
+from pocketrec.methods.peel import (
+    PEEL_FILE,
+    PeelState,
+    alpha_priority,
+    group_popularity,
+    nearest_group,
+    rule_order,
+)
 from pocketrec.methods.rule import ArchitectureEvaluator
 from pocketrec.search.budget import parse_budget
 from pocketrec.tables.elastic import ElasticTable
@@ -88,11 +95,9 @@ class PeelCustomizer:
     def priority(self, group: int) -> np.ndarray:
         """Group ``group``'s block priority: alpha, largest first, ties in RULE's order for the group."""
         group = self.check_group(group)
-        counts = np.asarray(self.data.train[self.members(group)].sum(axis=0)).ravel()
-        item_groups = self.table.groups.cpu().numpy()
-        popularity = np.bincount(item_groups[1:], weights=counts[1:], minlength=self.table.num_groups)
-        tie = block_priority(np.ones((self.table.num_groups, self.table.num_blocks), dtype=bool), popularity)
-        return alpha_priority(self.state.alpha[group].numpy(), tie)
+        popularity = group_popularity(self.data.train, self.members(group), self.table.groups.cpu().numpy(),
+                                      self.table.num_groups)
+        return alpha_priority(self.state.alpha[group].numpy(), rule_order(popularity, self.table.num_blocks))
 
     def model(self, group: int) -> Any:
         """Group ``group``'s device model (its refined blocks, every user's vector), with its priority set."""
