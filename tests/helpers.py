@@ -63,6 +63,25 @@ CF_TEACHER = ["backbone=lightgcn", "dataset=synthetic-cf", "encoder.dim=16", "en
 CF_RULE = ["num_blocks=4", "num_groups=5", "train.epochs=2", "train.batch_size=512", "train.lr=0.01",
            "train.progress=false", "label_archs=40", "label_users=100"]
 
+#: a small PEEL refinement of that RULE model (``peel`` config overrides; add ``teacher=`` and ``out=``)
+CF_PEEL = ["user_groups=3", "train.epochs=3", "train.batch_size=128", "train.lr=0.01", "train.patience=3",
+           "train.progress=false"]
+
+
+def train_cf_runs(data, root) -> tuple[object, object]:
+    """A LightGCN teacher, its RULE model and their PEEL refinement on ``data`` under ``root``:
+    ``(RULE run folder, PEEL run folder)``."""
+    from pocketrec.methods import registry
+    from pocketrec.train.teacher import load_teacher_config, train_teacher
+
+    train_teacher(data, load_teacher_config(None, [*CF_TEACHER, f"out={root / 'teacher'}"]))
+    runs = []
+    for method, overrides, teacher in (("rule", CF_RULE, root / "teacher" / "best"), ("peel", CF_PEEL, root / "rule")):
+        spec = registry.get_method(method)
+        spec.compress(spec.load_config(None, [*overrides, f"teacher={teacher}", f"out={root / method}"]), data)
+        runs.append(root / method)
+    return runs[0], runs[1]
+
 
 def synthetic_interactions(num_users: int = 150, num_items: int = 60, clusters: int = 4, per_user: int = 12,
                            seed: int = 0):

@@ -837,3 +837,153 @@ def delta_command(big: Path = typer.Argument(..., help="the larger elastic artif
         fail(str(err))
     console.print(f"wrote {written} ({written.nbytes:,} bytes: {made.nbytes:,} B of blocks, target table "
                   f"{made.target_table_bytes:,} B)")
+
+
+# ------------------------------------------------------------------ the fleet service
+
+
+def _served(entries: list[str]) -> dict[str, Path]:
+    """``NAME=RUN`` or ``RUN`` (named after its folder) -> {name: run}; a name twice is an error."""
+    from pocketrec.methods.customize import run_folder_of
+
+    named: dict[str, Path] = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        run = Path(path if sep else entry)
+        name = name if sep else run_folder_of(run)[1].name
+        if not name:
+            raise ValueError(f"{entry!r}: an empty model name")
+        if name in named:
+            raise ValueError(f"two models are called {name!r}: name them NAME=RUN")
+        named[name] = run
+    return named
+
+
+@app.command()
+def serve(checkpoints: list[str] = typer.Argument(..., help="RULE or PEEL runs to serve: RUN (named after its "
+                                                             "folder) or NAME=RUN"),
+          host: str = typer.Option("127.0.0.1", help="interface to listen on (0.0.0.0: every interface)"),
+          port: int = typer.Option(8080, help="port to listen on"),
+          cache_dir: Path = typer.Option(Path("runs/fleet-cache"), help="disk cache of built files (kept across "
+                                                                         "restarts)"),
+          cache_size: str = typer.Option("1GB", help="the cache's size cap; least recently used files go first"),
+          dtype: str = typer.Option("auto", help="stored precision of the files: float32, float16, int8, or auto "
+                                                 "(the best on validation per budget)"),
+          verify_users: int = typer.Option(1000, help="validation users that check a candidate architecture "
+                                                      "(fewer: faster first builds)"),
+          workers: int = typer.Option(2, help="threads that build files (one build at a time per model)"),
+          sign_key: Path | None = typer.Option(None, "--sign-key", help="sign every file with the key in this file "
+                                                                        "(default: $POCKETREC_SIGNING_KEY when "
+                                                                        "set)")) -> None:
+    """Serve device files for every budget from trained RULE / PEEL runs over HTTP (FastAPI + uvicorn).
+
+    Devices ask POST /v1/artifacts for a model, a budget and a user (or a PEEL user group), and get the file,
+    signed; POST /v1/deltas grows a file they have; GET /v1/models, /healthz, /metrics. Files are built on the
+    first request and cached on disk; concurrent requests for one file cause one build. See docs/fleet.md.
+
+    Example: pocketrec serve runs/rule-ml-100k runs/peel-ml-100k --port 8080 --sign-key key.txt;
+    then: pocketrec fetch --server http://127.0.0.1:8080 --model rule-ml-100k --budget 5% -o device.safetensors
+    """
+    import time
+
+    from pocketrec.device.signing import key_from_env, read_key
+    from pocketrec.extras import require
+    from pocketrec.fleet import SERVE_HINT
+    from pocketrec.search.budget import parse_budget
+
+    try:
+        require(("fastapi", "uvicorn", "prometheus_client"), SERVE_HINT)
+        from pocketrec.fleet.app import Fleet, create_app
+        from pocketrec.fleet.cache import ArtifactCache
+        from pocketrec.fleet.models import ServedModel
+
+        key = read_key(sign_key) if sign_key is not None else key_from_env()
+        cache = ArtifactCache(cache_dir, parse_budget(cache_size))
+        models = {}
+        for name, run in _served(checkpoints).items():
+            start = time.perf_counter()
+            models[name] = ServedModel(name, run, dtype=dtype, verify_users=verify_users)
+            info = models[name].info()
+            console.print(f"model {name}: {info['method']} on {info['dataset']}, table budgets "
+                          f"{info['budgets']['min_table_bytes']:,}-{info['budgets']['max_table_bytes']:,} B "
+                          f"(loaded in {time.perf_counter() - start:.1f} s)")
+        fleet = Fleet(models, cache, key, workers)
+    except user_errors() as err:
+        fail(str(err))
+    import uvicorn
+
+    console.print(f"cache: {cache_dir} ({len(cache)} files, cap {cache_size}); files are "
+                  f"{'signed' if key is not None else '[yellow]unsigned[/yellow] (no --sign-key)'}")
+    uvicorn.run(create_app(fleet), host=host, port=port, log_level="info")
+
+
+def _verify_key(verify_key: Path | None) -> bytes | None:
+    from pocketrec.device.signing import key_from_env, read_key
+
+    return read_key(verify_key) if verify_key is not None else key_from_env()
+
+
+SERVER_HELP = "the server's URL (pocketrec serve), e.g. http://127.0.0.1:8080"
+VERIFY_HELP = "require the signature of this key (default: $POCKETREC_SIGNING_KEY when set; else the checksum only)"
+
+
+@app.command()
+def fetch(server: str = typer.Option(..., help=SERVER_HELP),
+          model: str = typer.Option(..., help="the model's name on the server (GET /v1/models)"),
+          budget: str = typer.Option(..., help="item-table budget: bytes, '40KB', '3MB', or '5%' / '20x' of the "
+                                               "dense table"),
+          out: Path = typer.Option(..., "-o", "--out", help="the device file to write"),
+          user: str | None = typer.Option(None, "--user", help="the user the file is for (its vector and items are "
+                                                               "in the file)"),
+          group: int | None = typer.Option(None, "--group", help="PEEL: the user group (the item table alone)"),
+          fmt: str = typer.Option("safetensors", "--format", help="safetensors (numpy runtime) or onnx"),
+          verify_key: Path | None = typer.Option(None, "--verify-key", help=VERIFY_HELP),
+          timeout: float = typer.Option(120.0, help="seconds to wait for the server (a first build included)")) -> None:
+    """Fetch a device file fitted to a budget from a pocketrec server; verified before it is written.
+
+    Example: pocketrec fetch --server http://127.0.0.1:8080 --model peel-ml-100k --budget 3% --user 196
+    -o device.safetensors --verify-key key.txt
+    """
+    from pocketrec.device.client import fetch as fetch_file
+
+    try:
+        if fmt not in ("safetensors", "onnx"):
+            raise ValueError(f"--format must be safetensors or onnx, got {fmt!r}")
+        if out.is_dir():
+            raise ValueError(f"{out} is a directory; give the device file's name")
+        got = fetch_file(server, model, budget, out, user=user, group=group, fmt=fmt, key=_verify_key(verify_key),
+                         timeout=timeout)
+    except (*user_errors(), OSError) as err:
+        fail(str(err))
+    console.print(f"wrote {got.path} ({got.nbytes:,} bytes, item table {got.table_bytes:,} B, "
+                  f"{got.headers.get('Dtype', '')}; {_checked(got)}; server cache {got.cache}, "
+                  f"{got.seconds * 1000:.0f} ms)")
+
+
+def _checked(got: Any) -> str:
+    return "signature verified" if got.signature_checked else "checksum verified, signature not checked (no key)"
+
+
+@app.command()
+def grow(artifact: Path = typer.Argument(..., help="the device file to grow (fetched from SERVER)"),
+         server: str = typer.Option(..., help=SERVER_HELP),
+         budget: str = typer.Option(..., help="the larger item-table budget: bytes, '40KB', or '5%' / '20x'"),
+         out: Path = typer.Option(..., "-o", "--out", help="the grown file (may be ARTIFACT itself)"),
+         verify_key: Path | None = typer.Option(None, "--verify-key", help=VERIFY_HELP),
+         timeout: float = typer.Option(120.0, help="seconds to wait for the server")) -> None:
+    """Grow a device file to a larger budget with a delta from the server: only the missing blocks travel.
+
+    Example: pocketrec grow device.safetensors --server http://127.0.0.1:8080 --budget 10% -o device.safetensors
+    """
+    from pocketrec.device.client import grow as grow_file
+
+    try:
+        if out.is_dir():
+            raise ValueError(f"{out} is a directory; give the grown file's name")
+        before = artifact.stat().st_size if artifact.is_file() else 0
+        got = grow_file(server, artifact, budget, out, key=_verify_key(verify_key), timeout=timeout)
+    except (*user_errors(), OSError) as err:
+        fail(str(err))
+    console.print(f"grew {artifact} ({before:,} bytes) with a {got.received:,}-byte delta to {got.path} "
+                  f"({got.nbytes:,} bytes, item table {got.table_bytes:,} B; {_checked(got)}; "
+                  f"{got.seconds * 1000:.0f} ms)")

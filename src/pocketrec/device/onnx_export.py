@@ -47,7 +47,6 @@ needs). ONNX files carry no checksum nor signature.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import warnings
@@ -70,6 +69,7 @@ from pocketrec.device.artifact import (
 )
 from pocketrec.device.np_users import SEEN_INDPTR, SEEN_ITEMS, VECTORS
 from pocketrec.device.runtime import NORMS, ONNX_FORMAT, OnnxModel  # noqa: F401  (re-exported)
+from pocketrec.extras import MissingExtraError, require  # noqa: F401  (MissingExtraError: re-exported)
 from pocketrec.models.session_encoder import last_positions
 
 #: Lowest opset the export supports: the encoder's attention needs 14 (the table's part needs 13, where
@@ -509,17 +509,9 @@ def make_onnx_table(graph: OnnxGraph, arrays: dict[str, np.ndarray], description
 _EXPORT_NEEDS = ("onnx", "onnxscript")
 
 
-class MissingExtraError(ImportError, ValueError):
-    """An optional dependency is not installed (a ``ValueError`` too, so the CLI shows one line)."""
-
-
 def require_onnx() -> None:
-    """Raise :class:`MissingExtraError` unless the packages the ONNX export needs can be imported."""
-    for name in _EXPORT_NEEDS:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            raise MissingExtraError("ONNX export needs the onnx extra: pip install 'pocketrec[onnx]'") from None
+    """Raise :class:`~pocketrec.extras.MissingExtraError` unless the packages the ONNX export needs import."""
+    require(_EXPORT_NEEDS, "ONNX export needs the onnx extra: pip install 'pocketrec[onnx]'")
 
 
 def _table_graph(tensors: dict[str, np.ndarray], description: dict[str, Any], k: int

@@ -200,22 +200,42 @@ class Customizer:
             return evaluate_cf(self.model.score_users, self.data.matrix(split), self.data.seen(split))
 
     def write(self, choice: Choice, path: str | Path, users: list[str] | None = None,
-              key: bytes | None = None, priority: bool | None = None) -> Any:
+              key: bytes | None = None, priority: bool | np.ndarray | None = None, fmt: str = "safetensors") -> Any:
         """The device artifact of ``choice`` at ``path`` (the table alone, or with ``users``' vectors and items);
         ``choice`` records the path and the bytes written. ``priority`` (default: ``resizable``): also store
         the block priority of :func:`block_priority` (``2 * G * N`` bytes of table, counted in the budget
         when the customizer is ``resizable``), so that the device can shrink the file to smaller budgets by
-        itself (:mod:`pocketrec.device.np_resize`)."""
+        itself (:mod:`pocketrec.device.np_resize`); an array stores that priority instead (a grown file keeps
+        the priority of the file it grew from). ``fmt``: ``safetensors`` or ``onnx`` (:func:`export_file`)."""
         priority = self.resizable if priority is None else priority
-        from pocketrec.device.artifact import export_artifact
-
-        with self.stored_as(choice.dtype), self.table.using(choice.mask), \
-                _priority_set(self.table, block_priority(choice.mask, self.group_popularity) if priority else None):
-            written = export_artifact(self.model, path, vocab=self.meta.get("vocab"),
-                                      dataset=str(self.meta.get("dataset", "")), key=key,
-                                      users=users if users is not None else [], data=self.data)
+        if isinstance(priority, bool):
+            priority = block_priority(choice.mask, self.group_popularity) if priority else None
+        with self.stored_as(choice.dtype), self.table.using(choice.mask), _priority_set(self.table, priority):
+            written = export_file(self.model, path, self.meta, self.data, users, key, fmt)
         choice.artifact, choice.artifact_bytes = str(written), int(written.nbytes)
         return written
+
+
+#: the formats a customized device file is written in
+FORMATS = ("safetensors", "onnx")
+
+
+def export_file(model: Any, path: str | Path, meta: dict[str, Any], data: Any, users: list[str] | None,
+                key: bytes | None = None, fmt: str = "safetensors", k: int = 100) -> Any:
+    """``model`` (its table set to the architecture to ship) as a device file at ``path``: a safetensors artifact
+    (signed with ``key`` when given) or an ONNX graph returning the top ``k`` (ONNX files are not signed);
+    ``users``: the users whose vectors and items the file holds (default: none, the item table alone)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    common = {"vocab": meta.get("vocab"), "dataset": str(meta.get("dataset", "")),
+              "users": users if users is not None else [], "data": data}
+    if fmt == "onnx":
+        from pocketrec.device.onnx_export import export_onnx
+
+        return export_onnx(model, path, k=k, **common)
+    from pocketrec.device.artifact import export_artifact
+
+    return export_artifact(model, path, key=key, **common)
 
 
 # ------------------------------------------------------------------ block priority (dynamic budgets on the device)

@@ -126,7 +126,7 @@ def cluster_users(vectors: np.ndarray, groups: int, seed: int = 0, n_init: int =
     try:
         from sklearn.cluster import KMeans
     except ImportError:
-        from pocketrec.device.onnx_export import MissingExtraError
+        from pocketrec.extras import MissingExtraError
 
         raise MissingExtraError(SKLEARN_HINT) from None
     users = np.asarray(vectors, dtype=np.float64)[1:]

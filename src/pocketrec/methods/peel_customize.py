@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from pocketrec.formats.elastic_arrays import select_by_priority
-from pocketrec.methods.customize import AUTO_DTYPES, Choice, run_folder_of
+from pocketrec.methods.customize import AUTO_DTYPES, Choice, export_file, run_folder_of
 from pocketrec.methods.peel import (
     PEEL_FILE,
     PeelState,
@@ -156,11 +156,11 @@ class PeelCustomizer:
         return self._verified[key]
 
     # ------------------------------------------------------------------ output
-    def write(self, choice: Choice, path: str | Path, users: list[str] | None = None, key: bytes | None = None) -> Any:
+    def write(self, choice: Choice, path: str | Path, users: list[str] | None = None, key: bytes | None = None,
+              fmt: str = "safetensors") -> Any:
         """The device artifact of ``choice`` at ``path``: its group's table (with its block priority when
-        ``resizable``), alone or with ``users``' vectors and items (users of that group)."""
-        from pocketrec.device.artifact import export_artifact
-
+        ``resizable``), alone or with ``users``' vectors and items (users of that group); ``fmt``:
+        ``safetensors`` or ``onnx`` (:func:`~pocketrec.methods.customize.export_file`)."""
         group = int(choice.extra["group"])
         for user in users or []:
             if user != "all" and self.group_of(user) != group:
@@ -172,9 +172,7 @@ class PeelCustomizer:
         table.priority = priority if self.resizable else None
         try:
             with table.using(choice.mask):
-                written = export_artifact(model, path, vocab=self.meta.get("vocab"),
-                                          dataset=str(self.meta.get("dataset", "")), key=key,
-                                          users=users if users is not None else [], data=self.data)
+                written = export_file(model, path, self.meta, self.data, users, key, fmt)
         finally:
             table.stored_dtype, table.priority = before, priority
         choice.artifact, choice.artifact_bytes = str(written), int(written.nbytes)
