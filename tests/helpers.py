@@ -68,13 +68,15 @@ CF_PEEL = ["user_groups=3", "train.epochs=3", "train.batch_size=128", "train.lr=
            "train.progress=false"]
 
 
-def train_cf_runs(data, root) -> tuple[object, object]:
+def train_cf_runs(data, root, dataset: str | None = None) -> tuple[object, object]:
     """A LightGCN teacher, its RULE model and their PEEL refinement on ``data`` under ``root``:
-    ``(RULE run folder, PEEL run folder)``."""
+    ``(RULE run folder, PEEL run folder)``. ``dataset``: the name or path the runs record for their data (a
+    path lets another process load it)."""
     from pocketrec.methods import registry
     from pocketrec.train.teacher import load_teacher_config, train_teacher
 
-    train_teacher(data, load_teacher_config(None, [*CF_TEACHER, f"out={root / 'teacher'}"]))
+    named = [f"dataset={dataset}"] if dataset else []
+    train_teacher(data, load_teacher_config(None, [*CF_TEACHER, *named, f"out={root / 'teacher'}"]))
     runs = []
     for method, overrides, teacher in (("rule", CF_RULE, root / "teacher" / "best"), ("peel", CF_PEEL, root / "rule")):
         spec = registry.get_method(method)

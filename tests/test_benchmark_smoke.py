@@ -90,3 +90,35 @@ def test_peel_benchmark_quick(tmp_path):
     assert row["shrunk_equals_direct"] == row["scores_identical"] == row["grown_equals_big"] == "1"  # True
     assert int(row["delta_bytes"].replace(",", "")) < int(row["big_file_bytes"].replace(",", ""))
     assert (ROOT / "benchmarks" / "results" / "peel.json").read_bytes() == before
+
+
+def test_fleet_load_benchmark_quick(tmp_path):
+    """benchmarks/fleet_load.py --quick: a real `pocketrec serve` process under a small concurrent load, every file
+    verified by the client; RULE and PEEL runs of a synthetic dataset saved as a CSV file (the server process
+    loads it by path); nothing written to benchmarks/results."""
+    import json
+
+    from helpers import synthetic_interactions, train_cf_runs
+    from pocketrec.data import load_interactions
+
+    rows = synthetic_interactions()
+    csv = tmp_path / "ratings.csv"
+    lines = ["user,item,timestamp"]
+    for split in ("train", "valid", "test"):
+        matrix = rows.matrix(split).tocoo()
+        lines += [f"{rows.users.decode([u])[0]},{rows.items.decode([i])[0]},{t}"
+                  for t, (u, i) in enumerate(zip(matrix.row, matrix.col, strict=True))]
+    csv.write_text("\n".join(lines) + "\n")
+    rule, peel = train_cf_runs(load_interactions(str(csv)), tmp_path, dataset=str(csv))
+    before = (ROOT / "benchmarks" / "results" / "fleet.json").read_bytes()
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fleet_load.py"), "--quick", "--rule", str(rule),
+                           "--peel", str(peel), "--top", "0.6"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("FLEET "))[6:])
+    load = result["load"]
+    assert load["requests"] == load["answered"] == 200 and load["errors"] == 0
+    assert load["hit"]["n"] > 0 and load["miss"]["n"] >= 1 and result["build_failures"] == 0
+    assert result["deltas"]["delta_bytes"] < result["deltas"]["file_bytes"]
+    assert result["server_peak_rss_mib"] > 0
+    assert (ROOT / "benchmarks" / "results" / "fleet.json").read_bytes() == before

@@ -141,8 +141,9 @@ def test_onnx_ranks_for_a_user_like_the_numpy_runtime(trained, data, tmp_path):
         graph.recommend_user(None)
 
 
-def test_the_demos_rule_and_peel_sections_customise_and_shrink_on_the_device(tmp_path):
-    from pocketrec.bench.cf_demo import run_cf_demo, run_peel_demo, run_rule_demo
+def test_the_demos_rule_peel_and_fleet_sections(tmp_path):
+    """RULE customises, PEEL shrinks on the device, and the demo's server hands the user two verified files."""
+    from pocketrec.bench.cf_demo import run_cf_demo, run_fleet_demo, run_peel_demo, run_rule_demo
 
     lines: list[str] = []
     run_cf_demo("ml-100k", tmp_path, lines.append, quiet=True,
@@ -155,3 +156,8 @@ def test_the_demos_rule_and_peel_sections_customise_and_shrink_on_the_device(tmp
     assert peel["shrunk_equals_direct"] and peel["shrunk_table_bytes"] == small["table_bytes"]
     assert len(peel["items"]) == 5 and 0 <= peel["group"] < peel["groups"]
     assert all(0 < row["test"]["recall@20"] <= 1 for row in peel["rows"])
+    fleet = run_fleet_demo("ml-100k", tmp_path, budgets=("5%", "10%"))
+    small, big = fleet["rows"]
+    assert fleet["models"] == ["peel", "rule"] and fleet["group"] == peel["group"]
+    assert small["table_bytes"] < big["table_bytes"] and len(small["items"]) == len(big["items"]) == 5
+    assert fleet["grown_table_bytes"] > small["table_bytes"] and fleet["delta_bytes"] < fleet["grown_bytes"]

@@ -344,6 +344,7 @@ def _demo_cf(dataset: str, out: Path, quiet: bool, titles: dict[str, str]) -> No
         console.print(f"  {rank:2d}. {titles.get(item, item)}  ({score:.3f})")
     _demo_rule(dataset, out, quiet, titles)
     _demo_peel(dataset, out, quiet, titles)
+    _demo_fleet(dataset, out, titles)
 
 
 def _demo_rule(dataset: str, out: Path, quiet: bool, titles: dict[str, str]) -> None:
@@ -393,6 +394,35 @@ def _demo_peel(dataset: str, out: Path, quiet: bool, titles: dict[str, str]) -> 
                   f"{'the same file as' if result['shrunk_equals_direct'] else '**not** the same file as'} the one "
                   f"built for that budget. User {result['user']}: "
                   + "; ".join(titles.get(i, i) for i in result["items"]))
+
+
+def _demo_fleet(dataset: str, out: Path, titles: dict[str, str]) -> None:
+    """The fleet service in the demo: served for a few seconds, two budgets fetched by the client
+    (:func:`pocketrec.bench.cf_demo.run_fleet_demo`)."""
+    from pocketrec.extras import MissingExtraError, require
+    from pocketrec.fleet import SERVE_HINT
+
+    console.print("\n[bold]Fleet service[/bold]: devices ask a server for their own file (pocketrec serve / fetch)")
+    try:
+        require(("fastapi", "uvicorn", "httpx", "prometheus_client"), SERVE_HINT)
+    except MissingExtraError as err:
+        console.print(f"skipped: {err}")
+        return
+    from pocketrec.bench.cf_demo import run_fleet_demo
+
+    try:
+        result = run_fleet_demo(dataset, out)
+    except user_errors() as err:
+        fail(str(err))
+    console.print(f"served {', '.join(result['models'])} at {result['url']} (signed files); user {result['user']} "
+                  f"is in PEEL group {result['group']}")
+    for row in result["rows"]:
+        console.print(f"  fetched {row['budget']}: {row['path']} ({row['file_bytes']:,} B, table "
+                      f"{row['table_bytes']:,} B; signature verified; {row['ms']:.0f} ms, server cache {row['cache']})"
+                      f": " + "; ".join(titles.get(i, i) for i in row["items"]))
+    first, last = result["rows"][0], result["rows"][-1]
+    console.print(f"  grew the {first['budget']} file to {last['budget']} with a {result['delta_bytes']:,} B delta "
+                  f"(the {last['budget']} file is {last['file_bytes']:,} B); server stopped")
 
 
 def _demo_recommendation(data, rows) -> dict[str, str]:
@@ -898,7 +928,7 @@ def serve(checkpoints: list[str] = typer.Argument(..., help="RULE or PEEL runs t
         from pocketrec.fleet.models import ServedModel
 
         key = read_key(sign_key) if sign_key is not None else key_from_env()
-        cache = ArtifactCache(cache_dir, parse_budget(cache_size))
+        cap = parse_budget(cache_size)
         models = {}
         for name, run in _served(checkpoints).items():
             start = time.perf_counter()
@@ -907,6 +937,7 @@ def serve(checkpoints: list[str] = typer.Argument(..., help="RULE or PEEL runs t
             console.print(f"model {name}: {info['method']} on {info['dataset']}, table budgets "
                           f"{info['budgets']['min_table_bytes']:,}-{info['budgets']['max_table_bytes']:,} B "
                           f"(loaded in {time.perf_counter() - start:.1f} s)")
+        cache = ArtifactCache(cache_dir, cap)
         fleet = Fleet(models, cache, key, workers)
     except user_errors() as err:
         fail(str(err))

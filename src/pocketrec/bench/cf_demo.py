@@ -1,7 +1,8 @@
 """The collaborative-filtering part of ``pocketrec demo``: a LightGCN teacher, one user's device file, and
 that user's recommendations from the numpy runtime; then RULE: one elastic model trained once, customised to
 several budgets in about a second each (:func:`run_rule_demo`); then PEEL: that model refined per user group,
-a user's file from its group's blocks, shrunk on the device (:func:`run_peel_demo`).
+a user's file from its group's blocks, shrunk on the device (:func:`run_peel_demo`); last the fleet service
+serving both for a few seconds, the client fetching a user's file at two budgets (:func:`run_fleet_demo`).
 
 LightGCN on ml-100k with the reference shape (d = 64, 3 layers, batch 2048) but a higher learning rate and
 30 epochs, so that the tour stays short; ``pocketrec train --backbone lightgcn`` trains to convergence.
@@ -129,6 +130,43 @@ def run_peel_demo(dataset: str, out: Path, log: Callable[[str], None], quiet: bo
     return {"train_seconds": seconds, "user": user, "group": group, "groups": peel.num_groups, "rows": rows,
             "shrink_ms": shrink_ms, "shrunk_equals_direct": same, "shrunk_table_bytes": device.table_bytes,
             "items": items}
+
+
+def run_fleet_demo(dataset: str, out: Path, budgets: tuple[str, ...] = ("3%", "10%")) -> dict[str, Any]:
+    """Serve the demo's RULE and PEEL runs (``OUT/rule``, ``OUT/peel``) on 127.0.0.1 for a few seconds, files
+    signed with a key made for the occasion; with pocketrec's client fetch the demo user's file at each budget
+    (verified: checksum and signature), recommend from each, and grow the first to the last budget with a delta.
+    Returns what it did."""
+    import secrets
+
+    import httpx
+
+    from pocketrec.data import load_interactions
+    from pocketrec.device.client import fetch, grow
+    from pocketrec.device.runtime import load
+    from pocketrec.fleet.app import Fleet, create_app, running
+    from pocketrec.fleet.cache import ArtifactCache
+    from pocketrec.fleet.models import ServedModel
+
+    data = load_interactions(dataset)
+    models = {name: ServedModel(name, out / name, dataset=data) for name in ("rule", "peel")}
+    key = secrets.token_hex(16).encode()
+    fleet = Fleet(models, ArtifactCache(out / "fleet-cache", 1 << 28), key)
+    user = data.users.raw_ids[0]
+    folder = out / "artifacts"
+    rows = []
+    with running(create_app(fleet)) as url:
+        served = [m["name"] for m in httpx.get(url + "/v1/models").json()["models"]]
+        for budget in budgets:
+            got = fetch(url, "peel", budget, folder / f"fleet-peel-{budget.replace('%', 'pct')}.safetensors",
+                        user=user, key=key)
+            items, _ = load(got.path, key).recommend_user(user, k=5)
+            rows.append({"budget": budget, "path": str(got.path), "file_bytes": got.nbytes,
+                         "table_bytes": got.table_bytes, "ms": 1000 * got.seconds, "cache": got.cache, "items": items})
+        grown = grow(url, rows[0]["path"], budgets[-1], folder / "fleet-peel-grown.safetensors", key=key)
+    return {"url": url, "models": served, "user": user, "group": models["peel"].customizer.group_of(user),
+            "rows": rows, "delta_bytes": grown.received, "grown_bytes": grown.nbytes,
+            "grown_table_bytes": grown.table_bytes}
 
 
 def train_once(method: str, overrides: list[str], run: Path, done_file: str, data: Any, log: Callable[[str], None],

@@ -40,18 +40,22 @@ class Fetched:
     checksum: str
     signature_checked: bool
     cache: str
-    seconds: float
+    seconds: float  #: the whole call: request, verification, write
+    http_seconds: float  #: the request alone
     headers: dict[str, str]
 
 
-def _post(server: str, route: str, body: dict[str, Any], timeout: float) -> tuple[bytes, dict[str, str]]:
-    """The verified body and the ``X-Pocketrec-`` headers (prefix removed) of a POST; :class:`FetchError` else."""
+def _post(server: str, route: str, body: dict[str, Any], timeout: float, client: Any = None
+          ) -> tuple[bytes, dict[str, str], float]:
+    """The verified body, the ``X-Pocketrec-`` headers (prefix removed) and the seconds of a POST (on ``client``,
+    an ``httpx.Client`` that keeps its connection, when given); :class:`FetchError` else."""
     require(("httpx",), CLIENT_HINT)
     import httpx
 
     url = server.rstrip("/") + route
+    start = time.perf_counter()
     try:
-        response = httpx.post(url, json=body, timeout=timeout)
+        response = (client or httpx).post(url, json=body, timeout=timeout)
     except httpx.HTTPError as err:
         raise FetchError(f"{url}: {type(err).__name__}: {err}") from None
     if response.status_code != 200:
@@ -60,26 +64,28 @@ def _post(server: str, route: str, body: dict[str, Any], timeout: float) -> tupl
         except (ValueError, KeyError, TypeError):
             message = " ".join(response.text.split())[:200]
         raise FetchError(f"{url}: {response.status_code} {message}")
+    seconds = time.perf_counter() - start
     headers = {k[len(PREFIX):].title(): v for k, v in response.headers.items() if k.lower().startswith(PREFIX.lower())}
     content = response.content
     if hashlib.sha256(content).hexdigest() != headers.get("Sha256"):
         raise FetchError(f"{url}: the response does not match its SHA-256 header (damaged in transit)")
-    return content, headers
+    return content, headers, seconds
 
 
 def fetch(server: str, model: str, budget: str | int, out: str | Path, user: str | None = None,
           group: int | None = None, fmt: str = "safetensors", key: bytes | None = None,
-          timeout: float = 120.0) -> Fetched:
+          timeout: float = 120.0, client: Any = None) -> Fetched:
     """Ask ``server`` for ``model``'s file at ``budget`` (item-table bytes or '5%', '20x', '40KB') for ``user``
     or PEEL user ``group``, and write it at ``out`` once verified (module docstring); ``key``: the signing key,
-    which makes the signature required."""
+    which makes the signature required; ``client``: an ``httpx.Client`` to reuse (a new connection costs tens of
+    milliseconds: httpx builds a TLS context for every new client)."""
     start = time.perf_counter()
     body: dict[str, Any] = {"model": model, "budget": budget, "format": fmt}
     if user is not None:
         body["user"] = str(user)
     if group is not None:
         body["group"] = int(group)
-    content, headers = _post(server, "/v1/artifacts", body, timeout)
+    content, headers, http_seconds = _post(server, "/v1/artifacts", body, timeout, client)
 
     def verify(tmp: str) -> None:
         Path(tmp).write_bytes(content)
@@ -100,11 +106,11 @@ def fetch(server: str, model: str, budget: str | int, out: str | Path, user: str
     written = write_atomically(Path(out), verify)
     return Fetched(Path(written), int(written.nbytes), len(content), int(headers.get("Table-Bytes", 0)),
                    headers["Checksum"],
-                   key is not None, headers.get("Cache", ""), time.perf_counter() - start, headers)
+                   key is not None, headers.get("Cache", ""), time.perf_counter() - start, http_seconds, headers)
 
 
 def grow(server: str, artifact: str | Path, budget: str | int, out: str | Path, key: bytes | None = None,
-         model: str | None = None, timeout: float = 120.0) -> Fetched:
+         model: str | None = None, timeout: float = 120.0, client: Any = None) -> Fetched:
     """Grow the elastic file ``artifact`` (fetched from ``server``) to ``budget`` with the server's delta and
     write the result at ``out``: the delta must be for this file, the grown file must have the checksum the
     server announced, and with ``key`` it must carry a signature made with it."""
@@ -116,7 +122,7 @@ def grow(server: str, artifact: str | Path, budget: str | int, out: str | Path, 
     body: dict[str, Any] = {"base_checksum": manifest["checksum"], "budget": budget}
     if model is not None:
         body["model"] = model
-    content, headers = _post(server, "/v1/deltas", body, timeout)
+    content, headers, http_seconds = _post(server, "/v1/deltas", body, timeout, client)
     with tempfile.TemporaryDirectory(prefix=".pocketrec-delta-", dir=Path(out).parent) as folder:
         path = Path(folder) / "delta.safetensors"
         path.write_bytes(content)
@@ -130,4 +136,4 @@ def grow(server: str, artifact: str | Path, budget: str | int, out: str | Path, 
     written = save_artifact(out, grown_tensors, grown_manifest)
     return Fetched(Path(written), int(written.nbytes), len(content), int(grown_manifest["table_bytes"]),
                    grown_manifest["checksum"], key is not None, headers.get("Cache", ""),
-                   time.perf_counter() - start, headers)
+                   time.perf_counter() - start, http_seconds, headers)
