@@ -542,6 +542,27 @@ def render_peel_all(page: Page, rows: list[Row]) -> str:
                       "Dynamic budgets on the device:", "", render_peel_dynamic(page, rows)])
 
 
+def render_fleet(page: Page, rows: list[Row]) -> str:
+    """The fleet service: first builds alone, then the load (cached and new files), from benchmarks/fleet_load.py."""
+    table = Table(["dataset", "measure", "requests", "p50 ms", "p99 / max ms", "requests/s", "cache hit rate",
+                   "builds", "errors", "server peak MiB"])
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["method"])):
+        if r["method"] == "fleet-load":
+            table.add([r["dataset"], f"cached files, {r['clients']} clients", num(r["requests"]),
+                       f"{r['latency_ms_p50']:.1f}", f"{r['latency_ms_p99']:.1f}", f"{r['rps']:.0f}",
+                       f"{100 * r['hit_rate']:.1f}%", num(int(r["builds"])), num(r["errors"]),
+                       num(round(r["server_peak_rss_mib"]))], r.get("command"))
+            table.add([r["dataset"], "new files under that load (queueing included)", "", num(r["uncached_ms_p50"]),
+                       num(r["uncached_ms_p99"]), "", "", "", "", ""], r.get("command"))
+        else:
+            model, _, cached = r["method"].removeprefix("fleet-").partition("-")
+            what = f"a cached {model.upper()} file, one client" if cached else f"a new {model.upper()} file, alone"
+            table.add([r["dataset"], what,
+                       num(r["requests"]), f"{r['latency_ms_p50']:.1f}", f"{r['latency_ms_max']:.1f}", "", "", "", "",
+                       ""], r.get("command"))
+    return table.render()
+
+
 def render_peer(page: Page, rows: list[Row]) -> str:
     table = Table(["dataset", "system", "Recall@20 %", "NDCG@20 %", "best epoch / run", "epoch s (mean)",
                    "peak RSS MiB"])
@@ -652,6 +673,10 @@ RENDERERS: dict[str, tuple[str, str, Callable[[Page, list[Row]], str]]] = {
              "largest alpha; [method page](methods/peel.md)) against RULE's search, uniform allocation and the full "
              "model, all from the same RULE run, at the same bytes (no file stores its block priority here). The "
              "RULE rows are this bench's run, not the RULE section's.", render_peel_all),
+    "fleet": ("The fleet service under load", "`pocketrec serve` with the RULE and PEEL runs above, as its own process "
+              "on loopback; the clients (pocketrec's own, every file verified: SHA-256, checksum, signature) in "
+              "another process on the same 2 cores. Latency is the HTTP request's. See [fleet.md](fleet.md).",
+              render_fleet),
     "lightgcn_peer": ("LightGCN against RecBole 1.2.1 (same split)", "Both systems train, validate and test on "
                       "pocketrec's split exported as RecBole atomic files, each in its own process on 2 threads, "
                       "patience 10.", render_peer),
@@ -751,6 +776,7 @@ BLOCKS: dict[str, Callable[[Page], str]] = {
     "peel-groups": lambda page: render_peel_groups(page, page.rows("peel")),
     "peel-fleet": lambda page: render_peel_fleet(page, page.rows("peel")),
     "peel-dynamic": lambda page: render_peel_dynamic(page, page.rows("peel")),
+    "fleet": lambda page: render_fleet(page, page.rows("fleet")),
 }
 
 

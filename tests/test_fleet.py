@@ -316,3 +316,17 @@ def test_serve_command_starts_the_service_and_refuses_bad_runs(runs, data, monke
     assert "serves runs of `pocketrec compress --method rule`" in text
     text = one_line_error(cli.invoke(cli_app, ["serve", f"a={rule}", f"a={peel}"]))
     assert "two models are called 'a'" in text
+
+
+def test_a_device_fetches_and_grows_without_torch(server, tmp_path):
+    """The device side of the service (client, runtime, deltas) in a fresh process: torch is never imported."""
+    import subprocess
+    import sys
+
+    url, _ = server
+    code = (f"import sys; from pocketrec.device.client import fetch, grow; from pocketrec.device.runtime import load\n"
+            f"got = fetch({url!r}, 'peel', '15%', {str(tmp_path / 'd.safetensors')!r}, user='u9', key={KEY!r})\n"
+            f"big = grow({url!r}, got.path, '35%', {str(tmp_path / 'd.safetensors')!r}, key={KEY!r})\n"
+            "assert big.table_bytes > got.table_bytes and load(big.path, " + repr(KEY) + ").recommend_user('u9', k=3)\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
