@@ -58,29 +58,40 @@ class Target:
 
 @dataclass
 class Plan:
-    """What one file holds: ``mask (G, N)`` at ``dtype`` with the block ``priority`` (flat, highest first)."""
+    """What one file holds: ``mask (G, N)`` at ``dtype``. Its block priority is not stored here but derived
+    (:meth:`ServedModel.priority`): a PEEL file's is its user group's; a RULE file's is
+    :func:`~pocketrec.methods.customize.block_priority` of ``order``, the architecture RULE's search chose for
+    the file (a grown file keeps the one of the file it grew from), so a plan's record stays a few bytes."""
 
     model: str
     target: Target
     budget_bytes: int
     dtype: str
     mask: np.ndarray
-    priority: np.ndarray
+    order: np.ndarray | None
     table_bytes: int
 
     def record(self) -> dict[str, Any]:
         """JSON-able form (the server remembers the plan of every file it made, to grow it later)."""
         return {"model": self.model, "user": self.target.user, "group": self.target.group,
                 "budget_bytes": self.budget_bytes, "dtype": self.dtype, "shape": list(self.mask.shape),
-                "mask": encode_mask(self.mask).tobytes().hex(), "priority": self.priority.astype(int).tolist(),
+                "mask": _hex(self.mask), "order": None if self.order is None else _hex(self.order),
                 "table_bytes": self.table_bytes}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Plan:
-        groups, blocks = record["shape"]
-        mask = decode_mask(np.frombuffer(bytes.fromhex(record["mask"]), dtype=np.uint8), groups, blocks)
+        shape = record["shape"]
+        order = None if record.get("order") is None else _unhex(record["order"], shape)
         return cls(record["model"], Target(record.get("user"), record.get("group")), int(record["budget_bytes"]),
-                   record["dtype"], mask, np.asarray(record["priority"], dtype=np.int64), int(record["table_bytes"]))
+                   record["dtype"], _unhex(record["mask"], shape), order, int(record["table_bytes"]))
+
+
+def _hex(mask: np.ndarray) -> str:
+    return encode_mask(mask).tobytes().hex()
+
+
+def _unhex(text: str, shape: list[int]) -> np.ndarray:
+    return decode_mask(np.frombuffer(bytes.fromhex(text), dtype=np.uint8), *shape)
 
 
 class ServedModel:
@@ -180,12 +191,17 @@ class ServedModel:
         with self.lock:
             if self.method == "peel":
                 choice = self.customizer.choose(budget_bytes, group=target.group, dtype=self.dtype)
-                priority = self.customizer.priority(target.group)
             else:
                 choice = self.customizer.choose(budget_bytes, dtype=self.dtype)
-                priority = block_priority(choice.mask, self.customizer.group_popularity)
-        return Plan(self.name, target, budget_bytes, choice.dtype, choice.mask, np.asarray(priority, dtype=np.int64),
-                    int(choice.table_bytes))
+        order = None if self.method == "peel" else choice.mask
+        return Plan(self.name, target, budget_bytes, choice.dtype, choice.mask, order, int(choice.table_bytes))
+
+    def priority(self, plan: Plan) -> np.ndarray:
+        """The block priority ``plan``'s file stores (:class:`Plan`)."""
+        if self.method == "peel":
+            with self.lock:
+                return self.customizer.model(plan.target.group).table.priority
+        return block_priority(plan.order, self.customizer.group_popularity)
 
     def grow_plan(self, base: Plan, budget_bytes: int) -> Plan:
         """``base``'s file grown to ``budget_bytes`` along its own priority (module docstring)."""
@@ -193,8 +209,8 @@ class ServedModel:
             raise RequestError(422, f"a delta grows a file: the budget ({budget_bytes:,} B) must be above the "
                                     f"file's {base.table_bytes:,} B of table (shrink on the device: pocketrec resize)")
         try:
-            mask = select_by_priority(base.priority, self.group_sizes, self.block_width, base.dtype, budget_bytes,
-                                      with_priority=True)
+            mask = select_by_priority(self.priority(base), self.group_sizes, self.block_width, base.dtype,
+                                      budget_bytes, with_priority=True)
         except ValueError as err:
             raise RequestError(422, str(err)) from None
         if (base.mask & ~mask).any():  # cannot happen for a file made along its priority; never send a bad delta
@@ -203,7 +219,7 @@ class ServedModel:
             raise RequestError(422, f"nothing to add: the file already holds every block {budget_bytes:,} B allows "
                                     f"at its precision ({base.dtype}); fetch a new file for another precision")
         cost = ElasticTable.bytes_for(self.group_sizes, mask, self.block_width, base.dtype, True)
-        return Plan(self.name, base.target, budget_bytes, base.dtype, mask, base.priority, int(cost))
+        return Plan(self.name, base.target, budget_bytes, base.dtype, mask, base.order, int(cost))
 
     def write(self, plan: Plan, path: str | Path, fmt: str = "safetensors", key: bytes | None = None) -> Any:
         """Write ``plan``'s device file at ``path`` (``fmt``: safetensors or onnx; signed with ``key``)."""
@@ -211,8 +227,6 @@ class ServedModel:
                         plan.table_bytes, None, None, extra={"group": plan.target.group})
         users = [plan.target.user] if plan.target.user is not None else []
         with self.lock:
-            if self.method == "peel":
-                if not np.array_equal(plan.priority, self.customizer.priority(plan.target.group)):
-                    raise RuntimeError("a PEEL plan's priority is not its group's")
+            if self.method == "peel":  # the group's model carries the group's priority
                 return self.customizer.write(choice, path, users=users, key=key, fmt=fmt)
-            return self.customizer.write(choice, path, users=users, key=key, priority=plan.priority, fmt=fmt)
+            return self.customizer.write(choice, path, users=users, key=key, priority=self.priority(plan), fmt=fmt)
