@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[onnx,bench,dev,peel,serve]"
+	$(BIN)/python -m pip install -q -e ".[onnx,bench,dev,peel,serve,faiss]"
 	# ml-100k ships inside the recbole wheel; --no-deps keeps its heavy requirements out.
 	$(BIN)/python -m pip install -q --no-deps recbole==1.2.1
 	touch $(STAMP)

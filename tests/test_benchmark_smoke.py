@@ -122,3 +122,20 @@ def test_fleet_load_benchmark_quick(tmp_path):
     assert result["deltas"]["delta_bytes"] < result["deltas"]["file_bytes"]
     assert result["server_peak_rss_mib"] > 0
     assert (ROOT / "benchmarks" / "results" / "fleet.json").read_bytes() == before
+
+
+def test_quantizers_benchmark_quick(tmp_path):
+    """benchmarks/quantizers.py --quick: two quantizers fill one layout on a tiny teacher, each judged zero-shot on
+    validation, the better one distilled; nothing written to benchmarks/results."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quantizers.py"), "--quick", "--distill", "best",
+                           "--out", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (rows,) = markdown_tables(proc.stdout)
+    zero = [r for r in rows if r["zero-shot valid R@20 %"]]
+    distilled = [r for r in rows if r["distilled test R@20 %"]]
+    assert [r["codes"] for r in zero] == ["RQ13x1 (rq)", "PQ13x1 (pq)"]
+    best = max(zero, key=lambda r: float(r["zero-shot valid R@20 %"]))
+    assert [r["codes"] for r in distilled] == [best["codes"]] and float(distilled[0]["distilled test R@20 %"]) > 60
+    assert all(0 < float(r["code error"]) < 1 for r in zero)
+    assert not (ROOT / "benchmarks" / "results" / "quantizers.json").exists() or "synthetic" not in \
+        (ROOT / "benchmarks" / "results" / "quantizers.json").read_text()

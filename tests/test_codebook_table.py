@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from pocketrec.formats.bitpack import bits_for, code_dtype, pack_codes, packed_nbytes, unpack_codes
+from pocketrec.quantize.kmeans import fit_codebooks, kmeans
 from pocketrec.tables import TABLE_KINDS, CodebookTable, DenseTable, array_nbytes, table_from_export
-from pocketrec.tables.codebook import DEFAULT_MAX_CODEBOOKS, fit_codebooks, icm_refine, kmeans, reconstruction_mse
+from pocketrec.tables.codebook import DEFAULT_MAX_CODEBOOKS, icm_refine, reconstruction_mse
 
 
 def make(num_items: int = 50, dim: int = 12, M: int = 3, K: int = 16, seed: int = 0, **kw) -> CodebookTable:

@@ -28,7 +28,8 @@ def test_student_is_compressed_and_learns(synthetic_data, tiny_teacher_dir, tmp_
     assert result.test["recall@5"] > 0.4  # 60 items: chance is ~8%
     model, meta = load_checkpoint(tmp_path / "eodrec" / "best")
     assert meta["method"] == "eodrec" and meta["table"]["kind"] == "codebook"
-    assert meta["M"] == table.M and meta["K"] == table.K and meta["code_learning"] is not None
+    assert meta["M"] == table.M and meta["K"] == table.K and meta["codes"] == "rq"  # the default quantizer
+    assert meta["layout"] == f"RQ{table.M}x{table.code_bits}" and 0 <= meta["code_error"] < 1
     assert meta["distill"]["bidirectional"] is True and meta["distill"]["use_pred"] is False
     assert evaluate(model, synthetic_data.test) == result.test
     assert torch.equal(model.table.codes, table.codes)
@@ -100,3 +101,32 @@ def test_cli_compresses_with_eodrec(synthetic_data, tiny_teacher_dir, tmp_path, 
     assert result.exit_code == 0, result.output
     _, meta = load_checkpoint(out / "best")
     assert meta["method"] == "eodrec" and meta["ratio"] >= 4 and meta["codes"] == "rq"
+
+
+def test_ranked_codes_are_the_candidate_the_teacher_ranks_best_with(synthetic_data, tiny_teacher_dir, tmp_path):
+    """codes=ranked: every candidate fitted and judged zero-shot on validation; the best one is distilled."""
+    from pocketrec.methods.code_ranking import quantized_table, valid_sample, zero_shot
+    from pocketrec.methods.recipe import teacher_rows
+
+    student, result = compress_eodrec(tiny_teacher_dir, synthetic_data, "4x", codes="ranked",
+                                      code_candidates=("rq", "pq", "rq-icm"), out_dir=tmp_path / "ranked",
+                                      train=student_train_config(1))
+    _, meta = load_checkpoint(tmp_path / "ranked" / "best")
+    reports = meta["code_candidates"]
+    assert [r["quantizer"] for r in reports] == ["rq", "pq", "rq-icm"]
+    best = max(reports, key=lambda r: r["zero_shot_valid"]["recall@20"])
+    assert [r["chosen"] for r in reports] == [r is best for r in reports] and meta["quantizer"] == best["quantizer"]
+    # the chosen candidate's zero-shot figure is what the teacher's encoder gets over that very table
+    teacher, _ = load_checkpoint(tiny_teacher_dir)
+    table, _ = quantized_table(best["quantizer"], teacher_rows(teacher), student.table.M, student.table.K,
+                               student.table.stored_dtype, student.table.bitpack, seed=7)
+    assert zero_shot(teacher, table, valid_sample(synthetic_data, seed=7)) == best["zero_shot_valid"]
+    with pytest.raises(ValueError, match="code_candidates must name quantizers"):
+        EODRecConfig(code_candidates="rq,nope")
+
+
+def test_the_papers_autoencoder_is_still_an_option(synthetic_data, tiny_teacher_dir, tmp_path):
+    _, result = compress_eodrec(tiny_teacher_dir, synthetic_data, "4x", codes="learned", code_epochs=2,
+                                train=student_train_config(1))
+    report = result.meta["code_learning"]
+    assert report is not None and report["final_mse"] <= report["init_mse"]  # never worse than its start

@@ -298,8 +298,9 @@ class CFTTConfig(CFRecipeConfig):
 @dataclass
 class CFCodebookConfig(CFRecipeConfig):
     """``cf-codebook``: EODRec's codebook table (:func:`~pocketrec.methods.eodrec.codebook_table_builder`:
-    ``M``/``K`` 0 = the budget solver's, codes ``learned``/``gumbel``/``rq``/``pq`` from the propagated item
-    vectors, then frozen while the codebooks fine-tune)."""
+    ``M``/``K`` 0 = the budget solver's, codes from the propagated item vectors by a quantizer of
+    :mod:`pocketrec.quantize` (default ``rq``) or the autoencoder (``learned``/``gumbel``), then frozen while the
+    codebooks fine-tune; ``ranked`` is EODRec's, for session teachers)."""
 
     stored_dtypes: ClassVar[tuple[str, ...]] = STORED_DTYPES
     dtype: str = DEFAULT_DTYPE
@@ -307,12 +308,15 @@ class CFCodebookConfig(CFRecipeConfig):
     K: int = 0
     bitpack: bool = True
     max_codebooks: int = DEFAULT_MAX_CODEBOOKS
-    codes: str = "learned"
+    codes: str = "rq"
     code_epochs: int = 10
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_codebook_layout(self)
+        if self.codes == "ranked":
+            raise ValueError("codes=ranked judges codes with a session teacher's encoder; cf-codebook takes a "
+                             "quantizer by name (rq, faiss-rq, ...) or learned")
 
 
 @dataclass

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from pocketrec.tables.codebook import kmeans
+from pocketrec.quantize.kmeans import kmeans
 
 __all__ = ["balanced_assign", "clustered_slots"]
 

@@ -47,7 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pocketrec.tables.codebook import CodebookTable, fit_codebooks, icm_refine, reconstruction_mse
+from pocketrec.quantize.kmeans import fit_codebooks
+from pocketrec.tables.codebook import CodebookTable, icm_refine, reconstruction_mse
 
 
 class CodeEncoder(nn.Module):

@@ -1,0 +1,155 @@
+"""Quantizers for EODRec's codebook table, judged by what they do to ranking.
+
+For each teacher (the best dense model of its dataset, whose table the budgets are fractions of) and each budget
+(default 40x and 20x), the budget solver picks EODRec's default layout (M codebooks of K, float16 codebooks,
+bit-packed codes) once; then every quantizer of ``--quantizers`` fills it (:mod:`pocketrec.quantize`):
+
+1. code error: ``sum |x - x^|^2 / sum |x|^2`` over the teacher's item rows, at the stored precision;
+2. zero-shot: the teacher's own encoder scores a seeded sample of ``--sessions`` validation sessions against the
+   quantised table (no training): validation Recall@20 / MRR@20;
+3. distilled (``--distill``: quantizer names, ``best`` for the best zero-shot one, or ``none``): the EODRec student
+   trained from those codes with the shipped defaults, test Recall@20 / MRR@20 at the epoch chosen on validation.
+
+Prints a Markdown table per teacher and writes ``benchmarks/results/quantizers.json``::
+
+    python benchmarks/quantizers.py --teachers tmall=runs/bench-d128/teacher-d128-tmall/best
+    python benchmarks/quantizers.py --teachers diginetica=runs/bench-item/teacher-d128-item-diginetica/best \\
+        --distill rq,best
+    python benchmarks/quantizers.py --quick --teachers NAME=RUN   # two quantizers, 200 sessions; writes nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common import command_line, peak_rss_mib, print_table, write_rows
+
+DEFAULT_QUANTIZERS = "rq,rq-icm,pq,faiss-rq,faiss-prq,faiss-pq,faiss-lsq"
+
+
+def zero_shot_rows(name: str, checkpoint: Path, ratio: str, quantizers: list[str], sessions: int, log,
+                   data: Any = None) -> tuple[list[dict[str, Any]], Any, Any]:
+    from pocketrec.data.registry import load_dataset
+    from pocketrec.methods.code_ranking import quantized_table, valid_sample, zero_shot
+    from pocketrec.methods.eodrec import EODRecConfig
+    from pocketrec.methods.recipe import teacher_rows
+    from pocketrec.search.budget import parse_budget
+    from pocketrec.tables.codebook import CodebookTable
+    from pocketrec.tables.dense import DenseTable
+    from pocketrec.train.checkpoint import load_checkpoint
+
+    teacher, meta = load_checkpoint(checkpoint)
+    data = data if data is not None else load_dataset(meta["dataset"])
+    dense = DenseTable.bytes_for(teacher.num_items, teacher.config.dim)
+    budget = parse_budget(ratio, dense)
+    layout = EODRecConfig()
+    M, K = CodebookTable.config_for_budget(teacher.num_items, teacher.config.dim, budget, dtype=layout.dtype,
+                                           bitpack=layout.bitpack, max_codebooks=layout.max_codebooks)
+    rows = teacher_rows(teacher)
+    split = valid_sample(data, sessions, seed=0)
+    out = []
+    for quantizer in quantizers:
+        try:
+            table, report = quantized_table(quantizer, rows, M, K, layout.dtype, layout.bitpack, seed=0)
+        except ValueError as err:
+            log(f"{name} {ratio} {quantizer}: skipped ({err})")
+            continue
+        started = time.perf_counter()
+        valid = zero_shot(teacher, table, split)
+        out.append({"dataset": name, "method": f"codes-{quantizer}", "phase": "zero-shot", "budget": ratio,
+                    "teacher": str(checkpoint), "quantizer": quantizer, "layout": report["layout"], "M": M, "K": K,
+                    "table_bytes": table.nbytes(), "dense_table_bytes": dense, "code_error": report["code_error"],
+                    "fit_seconds": report["fit_seconds"], "eval_seconds": round(time.perf_counter() - started, 1),
+                    "valid_recall@20": valid["recall@20"], "valid_mrr@20": valid["mrr@20"],
+                    "sessions": len(split)})
+        log(f"{name} {ratio} {report['layout']:>10} ({quantizer}): error {report['code_error']:.4f}, zero-shot "
+            f"valid R@20 {100 * valid['recall@20']:.2f} MRR@20 {100 * valid['mrr@20']:.2f} "
+            f"(fit {report['fit_seconds']:.0f} s)")
+    return out, data, teacher
+
+
+def distill_row(name: str, checkpoint: Path, ratio: str, quantizer: str, data: Any, out: Path, epochs: int | None,
+                log) -> dict[str, Any]:
+    from pocketrec.methods.eodrec import compress_eodrec
+    from pocketrec.train.trainer import TrainConfig
+
+    train = TrainConfig(progress=False)
+    if epochs:
+        train.epochs = epochs
+    run = out / f"{name}-{ratio}-{quantizer}"
+    started = time.perf_counter()
+    student, result = compress_eodrec(checkpoint, data, ratio, codes=quantizer, out_dir=run, train=train)
+    fit = result.fit
+    log(f"{name} {ratio} {quantizer}: distilled, test R@20 {100 * result.test['recall@20']:.2f} MRR@20 "
+        f"{100 * result.test['mrr@20']:.2f} (best epoch {fit.best_epoch + 1}, {time.perf_counter() - started:.0f} s)")
+    return {"dataset": name, "method": f"eodrec-{quantizer}", "phase": "distilled", "budget": ratio,
+            "teacher": str(checkpoint), "quantizer": quantizer, "layout": result.meta.get("layout"),
+            "table_bytes": result.table_bytes, "dense_table_bytes": result.dense_table_bytes,
+            "code_error": result.meta.get("code_error"), "recall@20": result.test["recall@20"],
+            "mrr@20": result.test["mrr@20"], "ndcg@20": result.test["ndcg@20"], "best_epoch": fit.best_epoch + 1,
+            "total_seconds": round(time.perf_counter() - started, 1), "run": str(run)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--teachers", default="", help="NAME=CHECKPOINT,... (each the best dense model of NAME)")
+    parser.add_argument("--ratios", default="40x,20x")
+    parser.add_argument("--quantizers", default=DEFAULT_QUANTIZERS)
+    parser.add_argument("--sessions", type=int, default=5000, help="validation sessions of the zero-shot figures")
+    parser.add_argument("--distill", default="none", help="quantizers to distill: names, 'best', or 'none'")
+    parser.add_argument("--epochs", type=int, default=0, help="distillation epochs (0: the defaults)")
+    parser.add_argument("--out", default="runs/quantizers", help="folder of the distilled runs")
+    parser.add_argument("--quick", action="store_true", help="a tiny synthetic teacher, rq and pq, 200 sessions, "
+                                                              "1 epoch; writes nothing")
+    args = parser.parse_args()
+    quantizers = [q.strip() for q in args.quantizers.split(",") if q.strip()]
+    data = None
+    if args.quick:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from compress import quick_setup
+
+        quantizers, args.sessions, args.epochs = ["rq", "pq"], 200, 1
+        data, teacher_dir = quick_setup(Path(args.out) / "quick")
+        args.teachers, args.ratios = f"synthetic={teacher_dir}", "4x"
+    if not args.teachers:
+        sys.exit("give --teachers NAME=CHECKPOINT (or --quick)")
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    rows: list[dict[str, Any]] = []
+    for entry in args.teachers.split(","):
+        name, _, path = entry.partition("=")
+        for ratio in [r.strip() for r in args.ratios.split(",") if r.strip()]:
+            zero, data, _ = zero_shot_rows(name, Path(path), ratio, quantizers, args.sessions, log, data)
+            rows += zero
+            wanted = [] if args.distill == "none" else [q.strip() for q in args.distill.split(",") if q.strip()]
+            best = max(zero, key=lambda r: r["valid_recall@20"])["quantizer"] if zero else None
+            for quantizer in dict.fromkeys(best if q == "best" else q for q in wanted):
+                if quantizer:
+                    rows.append(distill_row(name, Path(path), ratio, quantizer, data, Path(args.out), args.epochs,
+                                            log))
+    command = command_line("quantizers.py")
+    for row in rows:
+        row["command"] = command
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+        print(f"\n## {name}\n")
+        table = [{"budget": r["budget"], "codes": r["layout"] + f" ({r['quantizer']})",
+                  "code error": f"{r['code_error']:.4f}", "fit s": r.get("fit_seconds", ""),
+                  "zero-shot valid R@20 %": 100 * r["valid_recall@20"] if "valid_recall@20" in r else "",
+                  "zero-shot valid MRR@20 %": 100 * r["valid_mrr@20"] if "valid_mrr@20" in r else "",
+                  "distilled test R@20 %": 100 * r["recall@20"] if "recall@20" in r else "",
+                  "distilled test MRR@20 %": 100 * r["mrr@20"] if "mrr@20" in r else ""}
+                 for r in rows if r["dataset"] == name]
+        print_table(table, list(table[0]))
+    print(f"\npeak memory {peak_rss_mib():.0f} MiB")
+    if not args.quick and rows:
+        print(f"wrote {write_rows('quantizers', rows, merge_key=('dataset', 'method', 'phase', 'budget'))}")
+
+
+if __name__ == "__main__":
+    main()
