@@ -54,7 +54,7 @@ def start_server(args, folder: Path, key_file: Path) -> tuple[subprocess.Popen, 
     port = free_port()
     command = [sys.executable, "-m", "pocketrec", "serve", f"rule={args.rule}", f"peel={args.peel}",
                "--port", str(port), "--cache-dir", str(folder / "cache"), "--sign-key", str(key_file),
-               "--workers", str(args.workers)]
+               "--build-threads", str(args.build_threads)]
     log = open(folder / "server.log", "w")
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
@@ -210,7 +210,7 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, default=20)
     parser.add_argument("--top", type=float, default=0.25, help="largest budget, a fraction of the dense table")
     parser.add_argument("--new", type=int, default=10, help="first builds timed alone, per model")
-    parser.add_argument("--workers", type=int, default=2, help="the server's build threads")
+    parser.add_argument("--build-threads", type=int, default=2, help="the server's build threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-seconds", type=float, default=900)
     parser.add_argument("--quick", action="store_true", help="4 clients, 200 requests, 5 budgets; writes nothing")

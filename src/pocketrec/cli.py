@@ -901,7 +901,7 @@ def serve(checkpoints: list[str] = typer.Argument(..., help="RULE or PEEL runs t
                                                  "(the best on validation per budget)"),
           verify_users: int = typer.Option(1000, help="validation users that check a candidate architecture "
                                                       "(fewer: faster first builds)"),
-          workers: int = typer.Option(2, help="threads that build files (one build at a time per model)"),
+          build_threads: int = typer.Option(2, help="threads that build files (one build at a time per model)"),
           sign_key: Path | None = typer.Option(None, "--sign-key", help="sign every file with the key in this file "
                                                                         "(default: $POCKETREC_SIGNING_KEY when "
                                                                         "set)")) -> None:
@@ -938,7 +938,7 @@ def serve(checkpoints: list[str] = typer.Argument(..., help="RULE or PEEL runs t
                           f"{info['budgets']['min_table_bytes']:,}-{info['budgets']['max_table_bytes']:,} B "
                           f"(loaded in {time.perf_counter() - start:.1f} s)")
         cache = ArtifactCache(cache_dir, cap)
-        fleet = Fleet(models, cache, key, workers)
+        fleet = Fleet(models, cache, key, build_threads)
     except user_errors() as err:
         fail(str(err))
     import uvicorn

@@ -80,12 +80,12 @@ class Fleet:
     """One server's state: its models, cache, signing key, worker threads and the builds in flight."""
 
     def __init__(self, models: dict[str, ServedModel], cache: ArtifactCache, key: bytes | None = None,
-                 workers: int = 2) -> None:
+                 build_threads: int = 2) -> None:
         if not models:
             raise ValueError("a server needs at least one model")
         self.models, self.cache, self.key = models, cache, key
         self.metrics = Metrics()
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pocketrec-build")
+        self.pool = ThreadPoolExecutor(max_workers=build_threads, thread_name_prefix="pocketrec-build")
         self._inflight: dict[str, asyncio.Future] = {}
 
     def model(self, name: str | None) -> ServedModel:
