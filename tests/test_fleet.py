@@ -166,7 +166,7 @@ def test_bad_requests_answer_4xx_in_one_line_and_the_server_goes_on(server):
         ("/v1/artifacts", {"model": "rule", "budget": "30%", "format": "zip"}, 422, "malformed request: format"),
         ("/v1/artifacts", {"model": "rule", "budget": "30%", "colour": "red"}, 422, "malformed request: colour"),
         ("/v1/artifacts", {"budget": "30%"}, 422, "malformed request: model: Field required"),
-        ("/v1/artifacts", b"{not json", 422, "malformed request"),
+        ("/v1/artifacts", b"{not json", 422, "malformed request: invalid JSON at character 1"),
         ("/v1/deltas", {"base_checksum": "0" * 64, "budget": "10%"}, 404, "did not make a file"),
         ("/v1/deltas", {"budget": "10%"}, 422, "base_checksum: Field required"),
     ]
@@ -175,6 +175,10 @@ def test_bad_requests_answer_4xx_in_one_line_and_the_server_goes_on(server):
         assert response.status_code == status, (body, response.text)
         error = response.json()["error"]
         assert message in error and "\n" not in error, (body, error)
+    for method, route, status, message in [("GET", "/nope", 404, "Not Found: GET /nope"),
+                                           ("GET", "/v1/artifacts", 405, "Method Not Allowed: GET /v1/artifacts")]:
+        response = httpx.request(method, url + route)
+        assert response.status_code == status and response.json() == {"error": message}
     assert httpx.get(url + "/healthz").status_code == 200
     assert metric(url, "pocketrec_requests_total", route="/v1/artifacts", method="POST", status="404") >= 3
 
@@ -183,8 +187,10 @@ def test_a_delta_must_grow_and_be_for_its_model(server, tmp_path):
     url, _ = server
     small = fetch(url, "rule", "20%", tmp_path / "s.safetensors")
     checksum = small.checksum
+    misses = metric(url, "pocketrec_cache_total", outcome="miss")
     smaller = post(url, "/v1/deltas", {"base_checksum": checksum, "budget": "10%"})
     assert smaller.status_code == 422 and "must be above" in smaller.json()["error"]
+    assert metric(url, "pocketrec_cache_total", outcome="miss") == misses  # refused, not a cache miss
     other = post(url, "/v1/deltas", {"base_checksum": checksum, "budget": "40%", "model": "peel"})
     assert other.status_code == 422 and "of model 'rule'" in other.json()["error"]
 
@@ -330,3 +336,28 @@ def test_a_device_fetches_and_grows_without_torch(server, tmp_path):
             "assert big.table_bytes > got.table_bytes and load(big.path, " + repr(KEY) + ").recommend_user('u9', k=3)\n"
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_new_signing_key_never_gets_files_cached_under_the_old_one(models, tmp_path):
+    """Restarting on the same cache with another key (or unsigned): files are built again, signed with it."""
+    cache = tmp_path / "cache"
+    with running(create_app(Fleet(models, ArtifactCache(cache), KEY))) as url:
+        first = fetch(url, "rule", "30%", tmp_path / "a.safetensors", key=KEY)
+    with running(create_app(Fleet(models, ArtifactCache(cache), b"rotated key"))) as url:
+        rotated = fetch(url, "rule", "30%", tmp_path / "b.safetensors", key=b"rotated key")
+        again = fetch(url, "rule", "30%", tmp_path / "c.safetensors", key=b"rotated key")
+        # a file made under the old key still grows: the delta carries the new key's signature
+        grown = grow(url, first.path, "45%", tmp_path / "d.safetensors", key=b"rotated key")
+    assert (first.cache, rotated.cache, again.cache) == ("miss", "miss", "hit")
+    assert rotated.checksum == first.checksum and grown.table_bytes > first.table_bytes
+
+
+def test_a_table_alone_file_says_how_to_rank_with_it(server, tmp_path):
+    url, fleet = server
+    got = fetch(url, "rule", "30%", tmp_path / "table.safetensors")
+    device = load(got.path)
+    with pytest.raises(ValueError, match="item table alone, no user: rank with your user's own vector"):
+        device.recommend_user()
+    vector = fleet.models["rule"].customizer.model.user_vectors[5].detach().numpy()  # a user's own vector
+    ids, scores = device.query_top_k(vector, k=5)
+    assert len(ids) == 5 and np.all(np.diff(scores) <= 0)

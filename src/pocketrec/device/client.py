@@ -113,10 +113,12 @@ def grow(server: str, artifact: str | Path, budget: str | int, out: str | Path, 
          model: str | None = None, timeout: float = 120.0, client: Any = None) -> Fetched:
     """Grow the elastic file ``artifact`` (fetched from ``server``) to ``budget`` with the server's delta and
     write the result at ``out``: the delta must be for this file, the grown file must have the checksum the
-    server announced, and with ``key`` it must carry a signature made with it."""
+    server announced, and with ``key`` it must carry a signature made with it (the file grown from is checked by
+    its checksum: it may have been signed with a key the server has rotated since). ``client``: as for
+    :func:`fetch`."""
     start = time.perf_counter()
-    try:
-        tensors, manifest = read_artifact(artifact, key)
+    try:  # the checksum only: the file may be signed with a key since rotated; the grown file must carry `key`'s
+        tensors, manifest = read_artifact(artifact)
     except ArtifactError as err:
         raise FetchError(str(err)) from None
     body: dict[str, Any] = {"base_checksum": manifest["checksum"], "budget": budget}

@@ -47,6 +47,9 @@ class UserVectors:
     def row(self, user: str | int | None) -> int:
         """The row of raw user id ``user``; ``None`` means the artifact's only user."""
         if user is None:
+            if not self.ids:
+                raise ValueError("this artifact holds the item table alone, no user: rank with your user's own "
+                                 "vector (DeviceModel.query_top_k), or export / fetch a file with --user")
             if len(self.ids) != 1:
                 raise ValueError(f"this artifact serves {len(self.ids)} users; name one ({self._shown()})")
             return 0

@@ -37,6 +37,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pocketrec.device.np_resize import make_delta
 from pocketrec.device.runtime import read_artifact
@@ -84,7 +85,10 @@ class Fleet:
         if not models:
             raise ValueError("a server needs at least one model")
         self.models, self.cache, self.key = models, cache, key
+        #: part of every cache key: a file cached under another key (or unsigned) is never served as this one's
+        self.key_id = hashlib.sha256(key).hexdigest()[:16] if key is not None else "unsigned"
         self.metrics = Metrics()
+        self._evictions_seen = 0
         self.pool = ThreadPoolExecutor(max_workers=build_threads, thread_name_prefix="pocketrec-build")
         self._inflight: dict[str, asyncio.Future] = {}
 
@@ -100,6 +104,7 @@ class Fleet:
     async def obtain(self, key: str, kind: str, build: Callable[[], tuple[Path, dict[str, str]]]
                      ) -> tuple[bytes, dict[str, str]]:
         """The bytes and headers of ``key``: from the cache, from the build already running, or built now."""
+        key = f"{key}|key={self.key_id}"
         hit = self.cache.get(key)
         if hit is not None:
             self.metrics.cache.labels("hit").inc()
@@ -112,8 +117,8 @@ class Fleet:
                 self.pool, self._build, key, kind, build))
             self._inflight[key] = task
             task.add_done_callback(lambda done: self._finished(key, done))
-        self.metrics.cache.labels(outcome).inc()
         content, headers = await asyncio.shield(task)  # a client that hangs up does not cancel the build
+        self.metrics.cache.labels(outcome).inc()  # counted once answered: a refused request is no miss
         return content, {**headers, "Cache": outcome}
 
     def _finished(self, key: str, task: asyncio.Future) -> None:
@@ -224,6 +229,10 @@ async def _answer(work: Callable[[], Any]) -> Response:
 def _validation_message(err: RequestValidationError) -> str:
     parts = []
     for e in err.errors()[:3]:
+        if e.get("type") == "json_invalid":
+            position = next((p for p in e.get("loc", ()) if isinstance(p, int)), None)
+            parts.append("invalid JSON" + (f" at character {position}" if position is not None else ""))
+            continue
         where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
         parts.append(f"{where}: {e.get('msg', 'invalid')}")
     return "malformed request: " + "; ".join(parts)
@@ -254,6 +263,10 @@ def create_app(fleet: Fleet) -> FastAPI:
     async def malformed(request: Request, err: RequestValidationError) -> JSONResponse:
         return _error(422, _validation_message(err))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:  # unknown route, method
+        return _error(err.status_code, f"{err.detail}: {request.method} {request.url.path}")
+
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "models": len(fleet.models)}
@@ -262,7 +275,9 @@ def create_app(fleet: Fleet) -> FastAPI:
     async def prometheus() -> Response:
         metrics.cache_bytes.set(fleet.cache.nbytes)
         metrics.cache_files.set(len(fleet.cache))
-        metrics.evictions.set(fleet.cache.evictions)
+        evictions = fleet.cache.evictions
+        metrics.evictions.inc(evictions - fleet._evictions_seen)
+        fleet._evictions_seen = evictions
         return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")

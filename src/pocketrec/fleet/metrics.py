@@ -28,7 +28,12 @@ class Metrics:
                                                 "(waited for a build already running)", ["outcome"], registry=r)
         self.cache_bytes = Gauge("pocketrec_cache_bytes", "bytes of the files in the disk cache", registry=r)
         self.cache_files = Gauge("pocketrec_cache_files", "files in the disk cache", registry=r)
-        self.evictions = Gauge("pocketrec_cache_evictions", "files evicted from the cache since start", registry=r)
+        self.evictions = Counter("pocketrec_cache_evictions", "files evicted from the cache", registry=r)
+        for kind in ("artifact", "delta"):  # every series from the start, at 0
+            self.builds.labels(kind)
+            self.build_failures.labels(kind)
+        for outcome in ("hit", "miss", "shared"):
+            self.cache.labels(outcome)
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
