@@ -51,7 +51,15 @@ def zero_shot_rows(name: str, checkpoint: Path, ratio: str, quantizers: list[str
                                            bitpack=layout.bitpack, max_codebooks=layout.max_codebooks)
     rows = teacher_rows(teacher)
     split = valid_sample(data, sessions, seed=0)
-    out = []
+    from pocketrec.eval.evaluate import evaluate
+
+    own = evaluate(teacher, split, ks=(20,))  # the dense teacher on the same sample: the zero-shot yardstick
+    out = [{"dataset": name, "method": "teacher", "phase": "zero-shot", "budget": "1x", "teacher": str(checkpoint),
+            "quantizer": "dense", "layout": "dense float32", "table_bytes": dense, "dense_table_bytes": dense,
+            "code_error": 0.0, "valid_recall@20": own["recall@20"], "valid_mrr@20": own["mrr@20"],
+            "sessions": len(split)}]
+    log(f"{name} dense teacher: valid R@20 {100 * own['recall@20']:.2f} MRR@20 {100 * own['mrr@20']:.2f} "
+        f"({len(split)} sessions)")
     for quantizer in quantizers:
         try:
             table, report = quantized_table(quantizer, rows, M, K, layout.dtype, layout.bitpack, seed=0)
@@ -106,7 +114,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny synthetic teacher, rq and pq, 200 sessions, "
                                                               "1 epoch; writes nothing")
     args = parser.parse_args()
-    quantizers = [q.strip() for q in args.quantizers.split(",") if q.strip()]
+    quantizers = [q.strip() for q in args.quantizers.split(",") if q.strip() and q.strip() != "none"]
     data = None
     if args.quick:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -126,9 +134,10 @@ def main() -> None:
         name, _, path = entry.partition("=")
         for ratio in [r.strip() for r in args.ratios.split(",") if r.strip()]:
             zero, data, _ = zero_shot_rows(name, Path(path), ratio, quantizers, args.sessions, log, data)
-            rows += zero
+            rows += [r for r in zero if r["method"] != "teacher" or r not in rows]
             wanted = [] if args.distill == "none" else [q.strip() for q in args.distill.split(",") if q.strip()]
-            best = max(zero, key=lambda r: r["valid_recall@20"])["quantizer"] if zero else None
+            coded = [r for r in zero if r["method"] != "teacher"]
+            best = max(coded, key=lambda r: r["valid_recall@20"])["quantizer"] if coded else None
             for quantizer in dict.fromkeys(best if q == "best" else q for q in wanted):
                 if quantizer:
                     rows.append(distill_row(name, Path(path), ratio, quantizer, data, Path(args.out), args.epochs,

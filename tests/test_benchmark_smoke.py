@@ -131,11 +131,12 @@ def test_quantizers_benchmark_quick(tmp_path):
                            "--out", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (rows,) = markdown_tables(proc.stdout)
-    zero = [r for r in rows if r["zero-shot valid R@20 %"]]
+    teacher, *zero = [r for r in rows if r["zero-shot valid R@20 %"]]
     distilled = [r for r in rows if r["distilled test R@20 %"]]
+    assert teacher["codes"] == "dense float32 (dense)" and teacher["budget"] == "1x"
     assert [r["codes"] for r in zero] == ["RQ13x1 (rq)", "PQ13x1 (pq)"]
     best = max(zero, key=lambda r: float(r["zero-shot valid R@20 %"]))
     assert [r["codes"] for r in distilled] == [best["codes"]] and float(distilled[0]["distilled test R@20 %"]) > 60
-    assert all(0 < float(r["code error"]) < 1 for r in zero)
+    assert all(0 < float(r["code error"]) < 1 for r in zero) and float(teacher["code error"]) == 0
     assert not (ROOT / "benchmarks" / "results" / "quantizers.json").exists() or "synthetic" not in \
         (ROOT / "benchmarks" / "results" / "quantizers.json").read_text()
