@@ -28,7 +28,8 @@ from typing import Any
 
 from common import command_line, peak_rss_mib, print_table, write_rows
 
-DEFAULT_QUANTIZERS = "rq,rq-icm,pq,faiss-rq,faiss-prq,faiss-pq,faiss-lsq"
+#: every quantizer, and ``learned``: the paper's autoencoder (EODRec's ``--codes learned``)
+DEFAULT_QUANTIZERS = "rq,rq-icm,pq,faiss-rq,faiss-prq,faiss-pq,faiss-lsq,learned"
 
 
 def zero_shot_rows(name: str, checkpoint: Path, ratio: str, quantizers: list[str], sessions: int, log,
@@ -62,7 +63,10 @@ def zero_shot_rows(name: str, checkpoint: Path, ratio: str, quantizers: list[str
         f"({len(split)} sessions)")
     for quantizer in quantizers:
         try:
-            table, report = quantized_table(quantizer, rows, M, K, layout.dtype, layout.bitpack, seed=0)
+            if quantizer == "learned":  # the paper's autoencoder (EODRec's --codes learned), timed like the others
+                table, report = learned_table(rows, M, K, layout)
+            else:
+                table, report = quantized_table(quantizer, rows, M, K, layout.dtype, layout.bitpack, seed=0)
         except ValueError as err:
             log(f"{name} {ratio} {quantizer}: skipped ({err})")
             continue
@@ -72,12 +76,25 @@ def zero_shot_rows(name: str, checkpoint: Path, ratio: str, quantizers: list[str
                     "teacher": str(checkpoint), "quantizer": quantizer, "layout": report["layout"], "M": M, "K": K,
                     "table_bytes": table.nbytes(), "dense_table_bytes": dense, "code_error": report["code_error"],
                     "fit_seconds": report["fit_seconds"], "eval_seconds": round(time.perf_counter() - started, 1),
+                    **({"used_learned": report["used_learned"]} if "used_learned" in report else {}),
                     "valid_recall@20": valid["recall@20"], "valid_mrr@20": valid["mrr@20"],
                     "sessions": len(split)})
         log(f"{name} {ratio} {report['layout']:>10} ({quantizer}): error {report['code_error']:.4f}, zero-shot "
             f"valid R@20 {100 * valid['recall@20']:.2f} MRR@20 {100 * valid['mrr@20']:.2f} "
             f"(fit {report['fit_seconds']:.0f} s)")
     return out, data, teacher
+
+
+def learned_table(rows: Any, M: int, K: int, layout: Any) -> tuple[Any, dict[str, Any]]:
+    """EODRec's ``codes=learned``: the Gumbel autoencoder from residual k-means, its schedule as EODRec runs it."""
+    from pocketrec.methods.code_ranking import relative_error
+    from pocketrec.train.codes import learn_codes_with_report
+
+    started = time.perf_counter()
+    table, report = learn_codes_with_report(rows, M, K, epochs=layout.code_epochs, seed=0, dtype=layout.dtype,
+                                            bitpack=layout.bitpack)
+    return table, {"layout": f"AE{M}x{table.code_bits}", "code_error": relative_error(table, rows),
+                   "fit_seconds": round(time.perf_counter() - started, 2), "used_learned": report.used_learned}
 
 
 def distill_row(name: str, checkpoint: Path, ratio: str, quantizer: str, data: Any, out: Path, epochs: int | None,

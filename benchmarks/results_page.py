@@ -542,6 +542,21 @@ def render_peel_all(page: Page, rows: list[Row]) -> str:
                       "Dynamic budgets on the device:", "", render_peel_dynamic(page, rows)])
 
 
+def render_quantizers(page: Page, rows: list[Row]) -> str:
+    """Each quantizer in EODRec's layout for a budget: code error, zero-shot validation, distilled test."""
+    table = Table(["dataset", "budget", "codes", "table bytes", "% of dense", "code error", "fit s",
+                   "zero-shot valid R@20 / MRR@20 %", "distilled test R@20 / MRR@20 %"])
+    order = {"zero-shot": 0, "distilled": 1}
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["budget"] != "1x", r["budget"], order[r["phase"]])):
+        zero = f"{pct(r['valid_recall@20'])} / {pct(r['valid_mrr@20'])}" if "valid_recall@20" in r else ""
+        test = f"{pct(r['recall@20'])} / {pct(r['mrr@20'])}" if "recall@20" in r else ""
+        table.add([r["dataset"], r["budget"], f"{r['layout']} ({r['quantizer']})", num(r["table_bytes"]),
+                   share(r["table_bytes"], r["dense_table_bytes"]), f"{r['code_error']:.4f}",
+                   secs(r.get("fit_seconds")) if r.get("fit_seconds") is not None else "", zero, test],
+                  r.get("command"))
+    return table.render()
+
+
 def render_fleet(page: Page, rows: list[Row]) -> str:
     """The fleet service: first builds alone, then the load (cached and new files), from benchmarks/fleet_load.py."""
     table = Table(["dataset", "measure", "requests", "p50 ms", "p99 / max ms", "requests/s", "cache hit rate",
@@ -673,6 +688,11 @@ RENDERERS: dict[str, tuple[str, str, Callable[[Page, list[Row]], str]]] = {
              "largest alpha; [method page](methods/peel.md)) against RULE's search, uniform allocation and the full "
              "model, all from the same RULE run, at the same bytes (no file stores its block priority here). The "
              "RULE rows are this bench's run, not the RULE section's.", render_peel_all),
+    "quantizers": ("Quantizers for the codebook table", "Every quantizer fills EODRec's default layout for the "
+                   "budget (a share of the best dense model's table): the code error of the teacher's item rows "
+                   "(`sum |x - x^|^2 / sum |x|^2`, at the stored precision), the teacher's own encoder over the "
+                   "quantised table on a validation sample (zero-shot), and the student distilled from those codes "
+                   "(test). See [methods/eodrec.md](methods/eodrec.md).", render_quantizers),
     "fleet": ("The fleet service under load", "`pocketrec serve` with the RULE and PEEL runs above, as its own process "
               "on loopback; the clients (pocketrec's own, every file verified: SHA-256, checksum, signature) in "
               "another process on the same 2 cores. Latency is the HTTP request's. See [fleet.md](fleet.md).",
@@ -777,6 +797,7 @@ BLOCKS: dict[str, Callable[[Page], str]] = {
     "peel-fleet": lambda page: render_peel_fleet(page, page.rows("peel")),
     "peel-dynamic": lambda page: render_peel_dynamic(page, page.rows("peel")),
     "fleet": lambda page: render_fleet(page, page.rows("fleet")),
+    "quantizers": lambda page: render_quantizers(page, page.rows("quantizers")),
 }
 
 
