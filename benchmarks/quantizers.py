@@ -159,9 +159,8 @@ def main() -> None:
                 if quantizer:
                     rows.append(distill_row(name, Path(path), ratio, quantizer, data, Path(args.out), args.epochs,
                                             log))
-    command = command_line("quantizers.py")
-    for row in rows:
-        row["command"] = command
+                    save(rows, args.quick)  # each distillation is long: keep what is done
+    save(rows, args.quick)
     for name in dict.fromkeys(r["dataset"] for r in rows):
         print(f"\n## {name}\n")
         table = [{"budget": r["budget"], "codes": r["layout"] + f" ({r['quantizer']})",
@@ -173,8 +172,16 @@ def main() -> None:
                  for r in rows if r["dataset"] == name]
         print_table(table, list(table[0]))
     print(f"\npeak memory {peak_rss_mib():.0f} MiB")
-    if not args.quick and rows:
-        print(f"wrote {write_rows('quantizers', rows, merge_key=('dataset', 'method', 'phase', 'budget'))}")
+
+
+def save(rows: list[dict[str, Any]], quick: bool) -> None:
+    """Write the rows so far to results/quantizers.json (not with ``--quick``), each with this command."""
+    if quick or not rows:
+        return
+    for row in rows:
+        row["command"] = command_line("quantizers.py")
+    print(f"wrote {write_rows('quantizers', rows, merge_key=('dataset', 'method', 'phase', 'budget'))}",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":
