@@ -8,7 +8,8 @@ and the item-table bytes of:
 * ``teacher``: the checkpoint as is (its stored test metrics);
 * ``--method odrec``: ``odrec`` (t = 2, all four loss terms), ``odrec-t1`` (plain TT, same budget),
   ``odrec-no-rec`` / ``-no-kd`` / ``-no-cl`` / ``-no-pred`` (one distillation term off);
-* ``--method eodrec``: ``eodrec`` (learned codes, KL, bidirectional InfoNCE), ``eodrec-no-kd`` (no
+* ``--method eodrec``: ``eodrec`` (the configured codes, KL, bidirectional InfoNCE; the recipes of the recorded
+  rows pin ``--codes=learned``, the default until 2026-12), ``eodrec-no-kd`` (no
   teacher -> student KL), ``eodrec-uni-cl`` (InfoNCE one direction only), ``eodrec-no-cl``,
   ``eodrec-mutual`` (the teacher also learns from the student, ``teacher_lr=1e-4``), ``eodrec-rq``
   (codes from residual k-means alone), ``eodrec-gumbel`` (the autoencoder's final codes, no selection);

@@ -103,7 +103,8 @@ def distill_row(name: str, checkpoint: Path, ratio: str, quantizer: str, data: A
     from pocketrec.methods.eodrec import compress_eodrec
     from pocketrec.train.trainer import TrainConfig
 
-    # the schedule of the headline EODRec rows (benchmarks/recipes/eodrec-tmall-d128.yaml)
+    # the schedule of the headline EODRec rows (benchmarks/recipes/eodrec-tmall-d128.yaml); the codes are fitted
+    # again with the trainer's seed (42), the zero-shot rows with seed 0: same quantizer, another draw
     train = TrainConfig(progress=False, epochs=epochs or 3, patience=1, lr_decay=0.1, lr_decay_every=2)
     run = out / f"{name}-{ratio}-{quantizer}"
     started = time.perf_counter()

@@ -579,7 +579,8 @@ def compress(ctx: typer.Context,
 
     Method options go as --key=value: odrec: --t=2 --num_cores=2 --warm_start=true
     --order=identity|clustered; eodrec: --M=0 --K=0 (0: the budget solver picks) --max_codebooks=48
-    --codes=learned|gumbel|rq|pq --bitpack=true; both:
+    --codes=rq (default) | rq-icm | pq | faiss-rq | faiss-lsq | faiss-prq | faiss-pq | ranked | learned | gumbel
+    (--code_candidates=rq,faiss-lsq,... for ranked) --bitpack=true; both:
     --dtype=float32|float16, eodrec also int8 (stored precision of the table's weights; eodrec's default float16),
     --distill.KEY=V (kd_weight, cl_weight, pred_weight, bidirectional, teacher_lr, ...) and --train.KEY=V.
     tt is odrec with t=1; the baselines dense-small, kmeans, int8 and int4 run too (see

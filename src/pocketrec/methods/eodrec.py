@@ -48,7 +48,7 @@ from typing import Any, ClassVar
 from tqdm.auto import tqdm
 
 from pocketrec.data.dataset import Dataset
-from pocketrec.methods.code_ranking import DEFAULT_CANDIDATES, quantized_table, rank_codes
+from pocketrec.methods.code_ranking import DEFAULT_CANDIDATES, quantized_table, rank_codes, relative_error
 from pocketrec.methods.recipe import CompressResult, RecipeConfig, distill_to_budget, teacher_rows
 from pocketrec.models.session_encoder import SessionRecommender
 from pocketrec.quantize import QUANTIZERS
@@ -151,6 +151,7 @@ def codebook_table_builder(M: int = 0, K: int = 0, bitpack: bool = True,
                                                      progress=progress)
             report = learned.to_dict()
             report.pop("train_loss")
+            extra = {"layout": f"AE{m}x{table.code_bits}", "code_error": relative_error(table, rows)}
         return table, {"M": m, "K": k, "bitpack": bitpack, "dtype": dtype, "codes": codes,
                        "code_mse": table.reconstruction_error(rows), "code_learning": report, **extra}
     return build

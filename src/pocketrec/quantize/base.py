@@ -64,6 +64,8 @@ class Quantizer(ABC):
             raise ValueError(f"a quantizer fits a 2-D array of rows, got shape {x.shape}")
         if M < 1 or K < 2:
             raise ValueError(f"M must be >= 1 and K >= 2, got M={M}, K={K}")
+        if len(x) < K:
+            raise ValueError(f"{self.name or 'a quantizer'} needs at least K={K} rows to fit, got {len(x)}")
         start = time.perf_counter()
         codebooks, codes = self._fit(x, int(M), int(K), int(seed))
         codebooks = np.ascontiguousarray(codebooks, dtype=np.float32)

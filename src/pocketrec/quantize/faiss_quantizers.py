@@ -61,6 +61,7 @@ class FaissAdditive(Quantizer):
         if self.kind == "rq":
             q = faiss.ResidualQuantizer(d, M, nbits)
             q.max_beam_size = self.beam
+            q.cp.seed = seed
         elif self.kind == "lsq":
             q = faiss.LocalSearchQuantizer(d, M, nbits)
             q.random_seed = seed
@@ -71,7 +72,9 @@ class FaissAdditive(Quantizer):
                                  f"likewise divisible, got M={M}, d={d}")
             q = faiss.ProductResidualQuantizer(d, splits, M // splits, nbits)
             for i in range(splits):
-                faiss.downcast_AdditiveQuantizer(q.subquantizer(i)).max_beam_size = self.beam
+                part = faiss.downcast_AdditiveQuantizer(q.subquantizer(i))
+                part.max_beam_size = self.beam
+                part.cp.seed = seed + i
         q.search_type = faiss.AdditiveQuantizer.ST_decompress
         if hasattr(q, "verbose"):
             q.verbose = False

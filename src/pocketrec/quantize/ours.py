@@ -22,6 +22,7 @@ class KMeansQuantizer(Quantizer):
         self.name = kind if not icm_iters else f"{kind}-icm"
         self.prefix = kind.upper()
         self.kind, self.icm_iters, self.iters, self.chunk_size = kind, int(icm_iters), int(iters), chunk_size
+        self.refit = not icm_iters  # ICM ends with least-squares codebooks already
 
     def _fit(self, x: np.ndarray, M: int, K: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         from pocketrec.tables.codebook import icm_refine, reconstruction_mse

@@ -485,13 +485,15 @@ class CodebookTable(ItemTable):
 
         ``method``:
 
-        * ``"rq"`` (default): residual quantisation (:func:`residual_quantize`), whose sums compose like
-          the table;
-        * ``"pq"``: product quantisation as zero-padded codebooks (:func:`product_quantize`);
+        * ``"rq"`` (default): residual quantisation (:func:`~pocketrec.quantize.kmeans.residual_quantize`),
+          whose sums compose like the table;
+        * ``"pq"``: product quantisation as zero-padded codebooks (:func:`~pocketrec.quantize.kmeans.product_quantize`);
         * ``"random"``: uniformly random codes (a baseline).
 
-        With ``refit`` the codebooks are then replaced by the least-squares codebooks for the chosen codes
-        (:func:`fit_codebooks`, only when ``M*K <= 8192`` and when it lowers the error); ``"random"``
+        ``rq`` and ``pq`` are pocketrec's quantizers (:mod:`pocketrec.quantize.ours`; they fit on the CPU and the
+        table is moved to the vectors' device). With ``refit`` the codebooks are then replaced by the
+        least-squares codebooks for the chosen codes (:func:`~pocketrec.quantize.kmeans.fit_codebooks`, only when
+        ``M*K <= 8192`` and when it lowers the error); ``"random"``
         always gets least-squares codebooks. ``refine_iters > 0`` then runs that many rounds of
         :func:`icm_refine` (joint re-assignment of the codes; never raises the error).
         Deterministic for a given ``seed`` on CPU.
