@@ -54,7 +54,7 @@ class Quantizer(ABC):
         return f"{self.prefix}{M}x{int(np.ceil(np.log2(K)))}"
 
     #: replace the codebooks by the least-squares ones for the chosen codes when that lowers the error (the
-    #: best codebooks for fixed codes; it also lets product codes use every dim). ``M * K <= 8192`` only.
+    #: best codebooks for fixed codes; it also lets product codes use every dim): :func:`least_squares_if_better`
     refit: bool = True
 
     def fit(self, x: np.ndarray, M: int, K: int, seed: int = 0) -> AdditiveCodes:
@@ -74,17 +74,26 @@ class Quantizer(ABC):
             raise RuntimeError(f"{self.name} returned codebooks {codebooks.shape} and codes {codes.shape}, expected "
                                f"{(M, K, x.shape[1])} and {(len(x), M)}")
         result = AdditiveCodes(codebooks, codes)
-        if self.refit and M * K <= 8192:
-            import torch
-
-            from pocketrec.quantize.kmeans import fit_codebooks
-
-            refitted = AdditiveCodes(fit_codebooks(torch.from_numpy(x), torch.from_numpy(codes), K).numpy(), codes)
-            if refitted.relative_error(x) < result.relative_error(x):
-                result = refitted
+        if self.refit:
+            result = least_squares_if_better(x, result)
         result.seconds = time.perf_counter() - start
         return result
 
     @abstractmethod
     def _fit(self, x: np.ndarray, M: int, K: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """``(codebooks (M, K, d), codes (n, M))`` of float32 rows ``x``."""
+
+
+def least_squares_if_better(x: np.ndarray, fitted: AdditiveCodes) -> AdditiveCodes:
+    """``fitted`` with the least-squares codebooks for its codes when they reconstruct ``x`` better (only up to
+    :data:`~pocketrec.quantize.kmeans.MAX_LEAST_SQUARES` codewords), else ``fitted`` itself."""
+    import torch
+
+    from pocketrec.quantize.kmeans import MAX_LEAST_SQUARES, fit_codebooks
+
+    M, K, _ = fitted.codebooks.shape
+    if M * K > MAX_LEAST_SQUARES:
+        return fitted
+    books = fit_codebooks(torch.from_numpy(x), torch.from_numpy(fitted.codes), K).numpy()
+    refitted = AdditiveCodes(books, fitted.codes)
+    return refitted if refitted.relative_error(x) < fitted.relative_error(x) else fitted

@@ -146,6 +146,10 @@ def product_quantize(x: Tensor, M: int, K: int, *, iters: int = 25, seed: int = 
     return books, torch.stack(codes, 1)
 
 
+#: the most codewords ``M * K`` whose least-squares codebooks are solved (an ``(M K) x (M K)`` system)
+MAX_LEAST_SQUARES = 8192
+
+
 def fit_codebooks(x: Tensor, codes: Tensor, K: int, *, ridge: float = 1e-6) -> Tensor:
     """Least-squares codebooks for fixed codes: ``argmin_A sum_i |x_i - sum_m A[m, c_i^m]|^2``.
 
@@ -155,8 +159,8 @@ def fit_codebooks(x: Tensor, codes: Tensor, K: int, *, ridge: float = 1e-6) -> T
     """
     n, d = x.shape
     M = codes.shape[1]
-    if M * K > 8192:
-        raise ValueError(f"least-squares codebooks need M*K <= 8192, got {M * K}")
+    if M * K > MAX_LEAST_SQUARES:
+        raise ValueError(f"least-squares codebooks need M*K <= {MAX_LEAST_SQUARES}, got {M * K}")
     codes = codes.to(device=x.device, dtype=torch.long)
     gram = torch.zeros(M * K, M * K, dtype=torch.float64, device=x.device)
     rhs = torch.zeros(M * K, d, dtype=torch.float64, device=x.device)

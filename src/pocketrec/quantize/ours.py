@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pocketrec.quantize.base import Quantizer
-from pocketrec.quantize.kmeans import fit_codebooks, product_quantize, residual_quantize
+from pocketrec.quantize.base import AdditiveCodes, Quantizer, least_squares_if_better
+from pocketrec.quantize.kmeans import product_quantize, residual_quantize
 
 
 class KMeansQuantizer(Quantizer):
@@ -25,15 +25,14 @@ class KMeansQuantizer(Quantizer):
         self.refit = not icm_iters  # ICM ends with least-squares codebooks already
 
     def _fit(self, x: np.ndarray, M: int, K: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        from pocketrec.tables.codebook import icm_refine, reconstruction_mse
+        from pocketrec.tables.codebook import icm_refine
 
         rows = torch.from_numpy(x)
         fit = residual_quantize if self.kind == "rq" else product_quantize
         books, codes = fit(rows, M, K, iters=self.iters, seed=seed, chunk_size=self.chunk_size)
-        if self.icm_iters:
-            if M * K <= 8192:  # ICM starts from the least-squares codebooks
-                refitted = fit_codebooks(rows, codes, K)
-                if reconstruction_mse(rows, refitted, codes) < reconstruction_mse(rows, books, codes):
-                    books = refitted
-            books, codes = icm_refine(rows, books, codes, iters=self.icm_iters, chunk_size=self.chunk_size)
+        if not self.icm_iters:
+            return books.numpy(), codes.numpy()
+        start = least_squares_if_better(x, AdditiveCodes(books.numpy(), codes.numpy()))  # ICM's starting point
+        books, codes = icm_refine(rows, torch.from_numpy(start.codebooks), torch.from_numpy(start.codes),
+                                  iters=self.icm_iters, chunk_size=self.chunk_size)
         return books.numpy(), codes.numpy()

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from pocketrec.formats.bitpack import bits_for, code_dtype, pack_codes, packed_nbytes, unpack_codes
 from pocketrec.formats.table_arrays import dequantized_codebooks
 from pocketrec.quantize.kmeans import (
+    MAX_LEAST_SQUARES,
     fit_codebooks,
     nearest_centroids,
 )
@@ -90,7 +91,7 @@ def icm_refine(x: Tensor, codebooks: Tensor, codes: Tensor, *, iters: int = 3,
     best = reconstruction_mse(x, books, codes)
     for _ in range(iters):
         new_codes = reassign_codes(x, books, codes, chunk_size=chunk_size)
-        new_books = fit_codebooks(x, new_codes, K) if M * K <= 8192 else books
+        new_books = fit_codebooks(x, new_codes, K) if M * K <= MAX_LEAST_SQUARES else books
         err = reconstruction_mse(x, new_books, new_codes)
         if err >= best:
             break
