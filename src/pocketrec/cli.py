@@ -471,7 +471,7 @@ def export(checkpoint: Path = typer.Argument(..., help="checkpoint folder (e.g. 
     import os
 
     from pocketrec.device.runtime import ArtifactError
-    from pocketrec.device.signing import ENV_KEY, key_from_env, read_key
+    from pocketrec.device.signing import ENV_KEY, key_of
 
     try:
         by_suffix = {".onnx": "onnx", ".safetensors": "safetensors"}.get(out.suffix.lower())
@@ -484,7 +484,7 @@ def export(checkpoint: Path = typer.Argument(..., help="checkpoint folder (e.g. 
         if fmt == "safetensors":
             from pocketrec.device.artifact import export_artifact
 
-            key = read_key(sign_key) if sign_key is not None else key_from_env()
+            key = key_of(sign_key)
             written = export_artifact(checkpoint, out, fp16=fp16, key=key, users=users)
         else:
             if fp16:
@@ -527,13 +527,13 @@ def recommend(artifact: Path = typer.Argument(..., help="device artifact (.safet
     import warnings
 
     from pocketrec.device.runtime import load
-    from pocketrec.device.signing import key_from_env, read_key
+    from pocketrec.device.signing import key_of
 
     items = [h.strip() for h in (history or "").split(",") if h.strip()]
     try:
         if k < 1:
             raise ValueError(f"-k must be at least 1, got {k}")
-        key = read_key(verify_key) if verify_key is not None else key_from_env()
+        key = key_of(verify_key)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model = load(artifact, key=key)
@@ -685,7 +685,7 @@ def customize(checkpoint: Path = typer.Argument(..., help="a RULE or PEEL run (r
     import time
 
     from pocketrec.device.artifact import check_target
-    from pocketrec.device.signing import key_from_env, read_key
+    from pocketrec.device.signing import key_of
     from pocketrec.methods.customize import Customizer, read_architecture
     from pocketrec.search.budget import format_bytes
 
@@ -708,7 +708,7 @@ def customize(checkpoint: Path = typer.Argument(..., help="a RULE or PEEL run (r
         for target in targets:
             check_target(target)
         mask = read_architecture(arch) if arch is not None else None
-        key = read_key(sign_key) if sign_key is not None else key_from_env()
+        key = key_of(sign_key)
         users = [u.strip() for u in user.split(",") if u.strip()] if user else None
         if peel_run:
             customizer, group = _peel_customizer(checkpoint, users, group, strategy, mask,
@@ -917,7 +917,7 @@ def serve(checkpoints: list[str] = typer.Argument(..., help="RULE or PEEL runs t
     """
     import time
 
-    from pocketrec.device.signing import key_from_env, read_key
+    from pocketrec.device.signing import key_of
     from pocketrec.extras import require
     from pocketrec.fleet import SERVE_HINT
     from pocketrec.search.budget import parse_budget
@@ -928,7 +928,7 @@ def serve(checkpoints: list[str] = typer.Argument(..., help="RULE or PEEL runs t
         from pocketrec.fleet.cache import ArtifactCache
         from pocketrec.fleet.models import ServedModel
 
-        key = read_key(sign_key) if sign_key is not None else key_from_env()
+        key = key_of(sign_key)
         cap = parse_budget(cache_size)
         models = {}
         for name, run in _served(checkpoints).items():
@@ -947,12 +947,6 @@ def serve(checkpoints: list[str] = typer.Argument(..., help="RULE or PEEL runs t
     console.print(f"cache: {cache_dir} ({len(cache)} files, cap {cache_size}); files are "
                   f"{'signed' if key is not None else '[yellow]unsigned[/yellow] (no --sign-key)'}")
     uvicorn.run(create_app(fleet), host=host, port=port, log_level="info")
-
-
-def _verify_key(verify_key: Path | None) -> bytes | None:
-    from pocketrec.device.signing import key_from_env, read_key
-
-    return read_key(verify_key) if verify_key is not None else key_from_env()
 
 
 SERVER_HELP = "the server's URL (pocketrec serve), e.g. http://127.0.0.1:8080"
@@ -977,13 +971,14 @@ def fetch(server: str = typer.Option(..., help=SERVER_HELP),
     -o device.safetensors --verify-key key.txt
     """
     from pocketrec.device.client import fetch as fetch_file
+    from pocketrec.device.signing import key_of
 
     try:
         if fmt not in ("safetensors", "onnx"):
             raise ValueError(f"--format must be safetensors or onnx, got {fmt!r}")
         if out.is_dir():
             raise ValueError(f"{out} is a directory; give the device file's name")
-        got = fetch_file(server, model, budget, out, user=user, group=group, fmt=fmt, key=_verify_key(verify_key),
+        got = fetch_file(server, model, budget, out, user=user, group=group, fmt=fmt, key=key_of(verify_key),
                          timeout=timeout)
     except (*user_errors(), OSError) as err:
         fail(str(err))
@@ -1008,12 +1003,13 @@ def grow(artifact: Path = typer.Argument(..., help="the device file to grow (fet
     Example: pocketrec grow device.safetensors --server http://127.0.0.1:8080 --budget 10% -o device.safetensors
     """
     from pocketrec.device.client import grow as grow_file
+    from pocketrec.device.signing import key_of
 
     try:
         if out.is_dir():
             raise ValueError(f"{out} is a directory; give the grown file's name")
         before = artifact.stat().st_size if artifact.is_file() else 0
-        got = grow_file(server, artifact, budget, out, key=_verify_key(verify_key), timeout=timeout)
+        got = grow_file(server, artifact, budget, out, key=key_of(verify_key), timeout=timeout)
     except (*user_errors(), OSError) as err:
         fail(str(err))
     console.print(f"grew {artifact} ({before:,} bytes) with a {got.received:,}-byte delta to {got.path} "

@@ -49,3 +49,9 @@ def key_from_env() -> bytes | None:
     if not value:
         raise ValueError(f"{ENV_KEY} is set but empty; unset it or give it a key")
     return os.fsencode(value)
+
+
+def key_of(path: str | Path | None) -> bytes | None:
+    """The key in the file ``path`` (:func:`read_key`), else the one in ``$POCKETREC_SIGNING_KEY``
+    (:func:`key_from_env`), else ``None``: what every ``--sign-key`` / ``--verify-key`` option means."""
+    return read_key(path) if path is not None else key_from_env()
