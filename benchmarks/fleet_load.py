@@ -73,7 +73,7 @@ def start_server(args, folder: Path, key_file: Path) -> tuple[subprocess.Popen, 
     sys.exit("the server did not answer /healthz within 300 s")
 
 
-def peak_rss_mib(pid: int) -> float:
+def server_peak_rss_mib(pid: int) -> float:
     """The process's peak resident memory (``VmHWM``), MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -238,7 +238,7 @@ def main() -> None:
             grown = deltas(url, models, budgets, key, folder)
             builds = server_metric(url, "pocketrec_builds_total")
             failures = server_metric(url, "pocketrec_build_failures_total")
-            peak = peak_rss_mib(server.pid)
+            peak = server_peak_rss_mib(server.pid)
         finally:
             server.terminate()
             server.wait(30)

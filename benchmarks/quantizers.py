@@ -65,7 +65,7 @@ def zero_shot_rows(name: str, checkpoint: Path, ratio: str, quantizers: list[str
     for quantizer in quantizers:
         try:
             if quantizer == "learned":  # the paper's autoencoder (EODRec's --codes learned), timed like the others
-                table, report = learned_table(rows, M, K, layout)
+                table, report = learned_table(teacher, budget, layout)
             else:
                 table, report = quantized_table(quantizer, rows, M, K, layout.dtype, layout.bitpack, seed=0)
         except ValueError as err:
@@ -86,16 +86,18 @@ def zero_shot_rows(name: str, checkpoint: Path, ratio: str, quantizers: list[str
     return out, data, teacher
 
 
-def learned_table(rows: Any, M: int, K: int, layout: Any) -> tuple[Any, dict[str, Any]]:
-    """EODRec's ``codes=learned``: the Gumbel autoencoder from residual k-means, its schedule as EODRec runs it."""
-    from pocketrec.methods.code_ranking import relative_error
-    from pocketrec.train.codes import learn_codes_with_report
+def learned_table(teacher: Any, budget: int, layout: Any) -> tuple[Any, dict[str, Any]]:
+    """EODRec's ``codes=learned`` (the Gumbel autoencoder from residual k-means), built by EODRec's own table
+    builder with the layout keys and schedule of its defaults, timed."""
+    from pocketrec.methods.eodrec import codebook_table_builder
 
     started = time.perf_counter()
-    table, report = learn_codes_with_report(rows, M, K, epochs=layout.code_epochs, seed=0, dtype=layout.dtype,
-                                            bitpack=layout.bitpack)
-    return table, {"layout": f"AE{M}x{table.code_bits}", "code_error": relative_error(table, rows),
-                   "fit_seconds": round(time.perf_counter() - started, 2), "used_learned": report.used_learned}
+    build = codebook_table_builder(0, 0, layout.bitpack, layout.max_codebooks, "learned", layout.code_epochs, seed=0,
+                                   dtype=layout.dtype)
+    table, meta = build(teacher, budget)
+    return table, {"layout": meta["layout"], "code_error": meta["code_error"],
+                   "fit_seconds": round(time.perf_counter() - started, 2),
+                   "used_learned": meta["code_learning"]["used_learned"]}
 
 
 def distill_row(name: str, checkpoint: Path, ratio: str, quantizer: str, data: Any, out: Path, epochs: int | None,

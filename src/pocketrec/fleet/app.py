@@ -97,6 +97,13 @@ class Fleet:
             raise RequestError(404, f"unknown model {name!r}: this server serves {', '.join(sorted(self.models))}")
         return self.models[name]
 
+    def sync_cache_metrics(self) -> None:
+        """Bring the cache's gauges and eviction counter up to the cache's own figures (at each scrape)."""
+        self.metrics.cache_bytes.set(self.cache.nbytes)
+        self.metrics.cache_files.set(len(self.cache))
+        self.metrics.evictions.inc(self.cache.evictions - self._evictions_seen)
+        self._evictions_seen = self.cache.evictions
+
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
@@ -273,11 +280,7 @@ def create_app(fleet: Fleet) -> FastAPI:
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        metrics.cache_bytes.set(fleet.cache.nbytes)
-        metrics.cache_files.set(len(fleet.cache))
-        evictions = fleet.cache.evictions
-        metrics.evictions.inc(evictions - fleet._evictions_seen)
-        fleet._evictions_seen = evictions
+        fleet.sync_cache_metrics()
         return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
