@@ -557,6 +557,21 @@ def render_quantizers(page: Page, rows: list[Row]) -> str:
     return table.render()
 
 
+def render_fast_scan(page: Page, rows: list[Row]) -> str:
+    """Top-k of the whole catalogue per runtime against the bandwidth floor, from benchmarks/fast_scan.py."""
+    runtimes = [r for r in ("dense", "numpy (32k LUTs)", "numpy", "fast-scan", "onnxruntime")
+                if any(f"{r} p50 ms" in row for row in rows)]
+    table = Table(["items", "d", "codes", "table bytes", "floor ms", *[f"{r} ms" for r in runtimes],
+                   "fast-scan / floor", "same top-k"])
+    for r in sorted(rows, key=lambda r: (r["dim"], r["items"])):
+        same = all(v for k, v in r.items() if k.endswith("same top-k"))
+        table.add([num(r["items"]), r["dim"], r["layout"], num(r["table_bytes"]), f"{r['floor_ms']:.3f}",
+                   *[f"{r[f'{x} p50 ms']:.2f}" if f"{x} p50 ms" in r else "-" for x in runtimes],
+                   f"{r['fast-scan / floor']:.1f}x" if "fast-scan / floor" in r else "-", "yes" if same else "NO"],
+                  r.get("command"))
+    return table.render()
+
+
 def render_fleet(page: Page, rows: list[Row]) -> str:
     """The fleet service: first builds alone, then the load (cached and new files), from benchmarks/fleet_load.py."""
     table = Table(["dataset", "measure", "requests", "p50 ms", "p99 / max ms", "requests/s", "cache hit rate",
@@ -693,6 +708,12 @@ RENDERERS: dict[str, tuple[str, str, Callable[[Page, list[Row]], str]]] = {
                    "(`sum |x - x^|^2 / sum |x|^2`, at the stored precision), the teacher's own encoder over the "
                    "quantised table on a validation sample (zero-shot), and the student distilled from those codes "
                    "(test). See [methods/eodrec.md](methods/eodrec.md).", render_quantizers),
+    "fast_scan": ("Fast-scan against the bandwidth floor", "Top 100 of the whole catalogue for one query, one "
+                  "thread, random 4-bit codebook tables (K = 16) at 40x fewer bytes than dense fp32. The floor is the "
+                  "packed codes' bytes over the read bandwidth measured in the same run. `numpy (32k LUTs)` is the "
+                  "numpy scorer's grouping before this benchmark (3 codebooks of 16 a table), `numpy` today's (4); "
+                  "`same top-k`: every codebook runtime returned the same items. See [device.md](device.md).",
+                  render_fast_scan),
     "fleet": ("The fleet service under load", "`pocketrec serve` with the RULE and PEEL runs above, as its own process "
               "on loopback; the clients (pocketrec's own, every file verified: SHA-256, checksum, signature) in "
               "another process on the same 2 cores. Latency is the HTTP request's. See [fleet.md](fleet.md).",
@@ -797,6 +818,7 @@ BLOCKS: dict[str, Callable[[Page], str]] = {
     "peel-fleet": lambda page: render_peel_fleet(page, page.rows("peel")),
     "peel-dynamic": lambda page: render_peel_dynamic(page, page.rows("peel")),
     "fleet": lambda page: render_fleet(page, page.rows("fleet")),
+    "fast-scan": lambda page: render_fast_scan(page, page.rows("fast_scan")),
     "quantizers": lambda page: render_quantizers(page, page.rows("quantizers")),
 }
 

@@ -140,3 +140,17 @@ def test_quantizers_benchmark_quick(tmp_path):
     assert all(0 < float(r["code error"]) < 1 for r in zero) and float(teacher["code error"]) == 0
     assert not (ROOT / "benchmarks" / "results" / "quantizers.json").exists() or "synthetic" not in \
         (ROOT / "benchmarks" / "results" / "quantizers.json").read_text()
+
+
+def test_fast_scan_benchmark_quick(tmp_path):
+    """benchmarks/fast_scan.py --quick: every runtime ranks a 4-bit table's catalogue, the same top-k, each timed
+    against the floor; nothing written to benchmarks/results."""
+    pytest.importorskip("faiss")
+    pytest.importorskip("onnxruntime")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fast_scan.py"), "--quick", "--items", "20000",
+                           "--dims", "32"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    times, ratios = markdown_tables(proc.stdout)
+    assert times[0]["layout"] == "5x16" and float(times[0]["floor_ms"]) > 0
+    assert all(float(times[0][f"{r} p50 ms"]) > 0 for r in ("dense", "numpy", "fast-scan", "onnxruntime"))
+    assert all(ratios[0][f"{r} same top-k"] == "1" for r in ("numpy (32k LUTs)", "numpy", "fast-scan", "onnxruntime"))

@@ -513,7 +513,10 @@ def recommend(artifact: Path = typer.Argument(..., help="device artifact (.safet
               verify_key: Path | None = typer.Option(None, "--verify-key", help="refuse the artifact unless it "
                                                                                 "is signed with the key in this "
                                                                                 "file (default: "
-                                                                                "$POCKETREC_SIGNING_KEY when set)")
+                                                                                "$POCKETREC_SIGNING_KEY when set)"),
+              fast_scan: bool = typer.Option(False, "--fast-scan", help="rank a 4-bit codebook table (K = 16, "
+                                                                        "inner product) on FAISS fast-scan, "
+                                                                        "same ranks (needs the faiss extra)")
               ) -> None:
     """Recommend with the numpy runtime (no PyTorch): ranked raw item ids and scores.
 
@@ -536,7 +539,7 @@ def recommend(artifact: Path = typer.Argument(..., help="device artifact (.safet
         key = key_of(verify_key)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model = load(artifact, key=key)
+            model = load(artifact, key=key, fast_scan=fast_scan)
             if model.users is not None:
                 if history is not None:
                     raise ValueError(f"{artifact} ranks for its users (LightGCN): pass --user, not --history")

@@ -17,3 +17,14 @@ def require(modules: tuple[str, ...], hint: str) -> None:
             importlib.import_module(name)
         except ImportError:
             raise MissingExtraError(hint) from None
+
+
+FAISS_HINT = "this needs the faiss extra: pip install 'pocketrec[faiss]' (faiss-cpu)"
+
+
+def load_faiss():  # noqa: ANN201 (the faiss module; typing it would import it)
+    """The ``faiss`` module, or :class:`MissingExtraError` with the one-line install hint."""
+    require(("faiss",), FAISS_HINT)
+    import faiss
+
+    return faiss

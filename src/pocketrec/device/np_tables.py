@@ -25,7 +25,7 @@ import numpy as np
 
 from pocketrec.formats.bitpack import packed_nbytes, unpack_codes, unpack_int4
 from pocketrec.formats.elastic_arrays import elastic_groups, elastic_nbytes, elastic_priority, select_by_priority
-from pocketrec.formats.table_arrays import check_slots, dequantized_codebooks
+from pocketrec.formats.table_arrays import MAX_GROUP_LUT, check_slots, dequantized_codebooks, lut_groups
 
 SCORERS: dict[str, type[NumpyTable]] = {}
 
@@ -210,9 +210,10 @@ class CodebookScorer(NumpyTable):
     grouped codes take ``2 * ceil(M / g)`` bytes per item in memory, about what uint8 codes would.
     """
 
-    MAX_GROUP_LUT = 32768
+    MAX_GROUP_LUT = MAX_GROUP_LUT
 
-    def __init__(self, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> None:
+    def __init__(self, arrays: dict[str, np.ndarray], description: dict[str, Any],
+                 max_group_lut: int | None = None) -> None:
         super().__init__(arrays, description)
         dtype = str(description.get("dtype", "float32"))
         names = ["codebooks", "codes"] + (["codebook_scales"] if dtype == "int8" else [])
@@ -224,12 +225,9 @@ class CodebookScorer(NumpyTable):
         if books.shape != (self.M, self.K, self.dim):
             raise ValueError(f"codebooks have shape {books.shape}, expected {(self.M, self.K, self.dim)}")
         self.codebooks = np.ascontiguousarray(books, dtype=np.float32)
-        size = 1  # a group table larger than the catalogue would cost more to build than it saves
-        cap = min(self.MAX_GROUP_LUT, max(self.K, self.num_items))
-        while size < self.M and self.K ** (size + 1) <= cap:
-            size += 1
-        self.groups = [list(range(start, min(start + size, self.M))) for start in range(0, self.M, size)]
-        index_type = np.dtype(np.uint16) if size > 1 or self.K > 256 else np.dtype(np.uint8)
+        self.groups = lut_groups(self.M, self.K, self.num_items,
+                                 self.MAX_GROUP_LUT if max_group_lut is None else max_group_lut)
+        index_type = np.dtype(np.uint16) if len(self.groups[0]) > 1 or self.K > 256 else np.dtype(np.uint8)
         # per group (n,): the members' codes as one mixed-radix index, items 1..n; filled a chunk of items
         # at a time, so loading never holds all the unpacked codes at once
         self.group_codes = [np.empty(self.num_items, dtype=index_type) for _ in self.groups]

@@ -26,8 +26,8 @@ size plus the graph's structure (and the vocabulary as JSON rather than an int32
   float32 scales, dequantised in the graph;
 * codebook: the codebooks (float32, float16, or int8 with their float32 scales) and the codes as stored:
   uint8/uint16 ``(n, M)`` or the bit-packed uint8 stream, unpacked in the graph (:func:`unpack_codes`),
-  then cast to int32 gather indices; scores are one lookup table ``(1, M*K)`` (``Gemm``), one ``Gather``
-  by the codes and a ``ReduceSum``;
+  then cast to int32 gather indices; scores are one lookup table ``(1, M*K)`` (``Gemm``), its groups' outer
+  sums (as the numpy scorer's), one ``Gather`` by the groups' combined codes and a ``ReduceSum``;
 * elastic: the bit-packed item groups and architecture mask (both unpacked in the graph as codebook codes
   are), the kept blocks of each group at their stored dtype, and for int8 the per-(group, block) scales;
   the graph rebuilds every item's row (``b``-wide for the shared scoring, queried with ``u_bar``; ``D``-wide
@@ -70,6 +70,7 @@ from pocketrec.device.artifact import (
 from pocketrec.device.np_users import SEEN_INDPTR, SEEN_ITEMS, VECTORS
 from pocketrec.device.runtime import NORMS, ONNX_FORMAT, OnnxModel  # noqa: F401  (re-exported)
 from pocketrec.extras import MissingExtraError, require  # noqa: F401  (MissingExtraError: re-exported)
+from pocketrec.formats.table_arrays import MAX_GROUP_LUT, lut_groups
 from pocketrec.models.session_encoder import last_positions
 
 #: Lowest opset the export supports: the encoder's attention needs 14 (the table's part needs 13, where
@@ -354,7 +355,8 @@ class TTOnnx(RowTable):
 class CodebookOnnx(OnnxTable):
     """Codebooks (float32, float16, or int8 times ``codebook_scales``) and codes of items ``1..n`` as
     stored: uint8/uint16 ``(n, M)`` or a bit-packed stream (:func:`unpack_codes`). The codes become int32
-    indices ``code + m*K`` into the flattened ``(M*K, dim)`` codebooks and ``(1, M*K)`` lookup table."""
+    indices ``code + m*K`` into the flattened ``(M*K, dim)`` codebooks (rows) and, for scoring, indices into the
+    concatenated lookup tables of the codebook groups (:func:`~pocketrec.formats.table_arrays.lut_groups`)."""
 
     def __init__(self, graph: OnnxGraph, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> None:
         super().__init__(graph, arrays, description)
@@ -372,18 +374,40 @@ class CodebookOnnx(OnnxTable):
             codes = g.cast(self.store("codes"), np.int32)
         codes = g.op("Transpose", g.reshape(codes, (self.num_items, self.M)), perm=[1, 0])
         offsets = np.arange(self.M, dtype=np.int32).reshape(self.M, 1) * self.K
-        self.index = g.op("Add", codes, g.const(offsets, np.int32))  # (M, n)
+        self.book_index = self.index = g.op("Add", codes, g.const(offsets, np.int32))  # (M, n)
+        # scoring gathers one entry per group of codebooks (lut_groups, as the numpy scorer): each group's codes
+        # combined into one mixed-radix index into its outer-sum table, offset into the concatenated tables, by
+        # one int32 MatMul (G, M) @ (M, n); all from initializers, so onnxruntime folds the (G, n) index at load
+        self.groups = lut_groups(self.M, self.K, self.num_items, MAX_GROUP_LUT)
+        if len(self.groups) < self.M:
+            radix, offsets, offset = np.zeros((len(self.groups), self.M), np.int32), [], 0
+            for gi, group in enumerate(self.groups):
+                radix[gi, group] = [self.K ** (len(group) - 1 - j) for j in range(len(group))]
+                offsets.append([offset])
+                offset += self.K ** len(group)
+            self.index = g.op("Add", g.op("MatMul", g.const(radix, np.int32), codes),
+                              g.const(np.array(offsets, np.int32), np.int32))  # (G, n)
 
     def rows(self, ids: str) -> str:
         g = self.graph
         items = g.op("Max", g.op("Sub", ids, g.const(1)), g.const(0))  # id 0 reads item 1; masked later
-        books = g.op("Gather", self.books, g.op("Gather", self.index, items, axis=1), axis=0)  # (M, 1, L, dim)
+        books = g.op("Gather", self.books, g.op("Gather", self.book_index, items, axis=1), axis=0)  # (M, 1, L, dim)
         return g.reduce_sum(books, 0)
 
     def scores(self, query: str) -> str:
         g = self.graph
-        lut = g.reshape(g.op("Gemm", query, self.books, transB=1), (self.M * self.K,))
-        return g.unsqueeze(g.reduce_sum(g.op("Gather", lut, self.index, axis=0), 0), [0])  # (M, n) -> (1, n)
+        lut = g.op("Gemm", query, self.books, transB=1)  # (1, M*K)
+        if len(self.groups) < self.M:  # one table per group: the outer sum of its codebooks' tables, flattened
+            per_book, tables = g.reshape(lut, (self.M, self.K)), []
+            for group in self.groups:
+                table = g.reshape(g.slice(per_book, group[0], group[0] + 1, 0), (self.K,))
+                for m in group[1:]:
+                    table = g.reshape(g.op("Add", g.unsqueeze(table, [1]), g.slice(per_book, m, m + 1, 0)), (-1,))
+                tables.append(table)
+            lut = g.op("Concat", *tables, axis=0)
+        else:
+            lut = g.reshape(lut, (self.M * self.K,))
+        return g.unsqueeze(g.reduce_sum(g.op("Gather", lut, self.index, axis=0), 0), [0])  # (G, n) -> (1, n)
 
 
 def _unpack_small_codes(graph: OnnxGraph, packed: str, nbytes: int, bits: int, count: int) -> str:
@@ -534,6 +558,31 @@ def _table_graph(tensors: dict[str, np.ndarray], description: dict[str, Any], k:
     graph.op("TopK", scores, graph.const([k]), axis=-1, largest=1, sorted=1, outputs=["scores", positions])
     graph.op("Add", positions, graph.const(1), outputs=["item_indices"])
     return graph, rows, split
+
+
+def table_query_model(arrays: dict[str, np.ndarray], description: dict[str, Any], k: int, opset: int = 17) -> Any:
+    """The item table's scoring alone as an ``onnx.ModelProto``: input ``query`` float32 ``(1, dim)``, outputs
+    ``scores`` / ``item_indices`` as a device file's (for speed benchmarks; a device file has its query side too).
+    ``arrays``: the table's exported arrays (names without ``table/``); dot-product scores."""
+    import onnx
+
+    require_onnx()
+    graph, _, _ = _table_graph({f"table/{name}": a for name, a in arrays.items()}, description, k)
+    nodes, reading_ids = [], {"item_ids"}  # every node but the rows' (those reading item_ids, directly or not)
+    for node in graph.nodes:
+        if reading_ids.intersection(node.input):
+            reading_ids.update(node.output)
+        else:
+            nodes.append(node)
+    used = {name for node in nodes for name in node.input}
+    k = min(int(k), int(description["num_items"]))
+    body = onnx.helper.make_graph(
+        nodes, "pocketrec-table",
+        [onnx.helper.make_tensor_value_info("query", onnx.TensorProto.FLOAT, [1, int(description["dim"])])],
+        [onnx.helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, [1, k]),
+         onnx.helper.make_tensor_value_info("item_indices", onnx.TensorProto.INT64, [1, k])],
+        initializer=[t for t in graph.initializers if t.name in used])
+    return onnx.helper.make_model(body, opset_imports=[onnx.helper.make_opsetid("", int(opset))])
 
 
 def _splice(proto: Any, graph: OnnxGraph, rows: str, split: int, k: int) -> None:

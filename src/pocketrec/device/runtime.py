@@ -160,7 +160,8 @@ class DeviceModel:
     :class:`~pocketrec.device.np_tables.NumpyTable`), ``encoder``, ``users``.
     """
 
-    def __init__(self, tensors: dict[str, np.ndarray], manifest: dict[str, str], source: str = "") -> None:
+    def __init__(self, tensors: dict[str, np.ndarray], manifest: dict[str, str], source: str = "",
+                 fast_scan: bool = False) -> None:
         try:
             self.manifest = manifest
             self.table_description: dict[str, Any] = json.loads(manifest["table"])
@@ -201,6 +202,17 @@ class DeviceModel:
             self.norms = tensors[NORMS] if NORMS in tensors else self.table.row_norms()  # fp16 stays fp16
             if self.norms.shape != (self.num_rows,):
                 raise ArtifactError(f"{source}: {NORMS} has shape {self.norms.shape}, expected ({self.num_rows},)")
+        if fast_scan:  # exact top-k on FAISS's 4-bit kernels (np_fastscan): inner-product codebook tables only
+            from pocketrec.device.np_fastscan import FastScanScorer, check_fast_scan
+
+            try:
+                check_fast_scan(self.table_description)
+            except ValueError as err:
+                raise ArtifactError(f"{source}: {err}") from None
+            if self.norms is not None:
+                raise ArtifactError(f"{source}: fast-scan ranks by inner product, and this model scores by cosine "
+                                    "(normalize=True): load it without fast_scan")
+            self.table = FastScanScorer(table_arrays, self.table_description)
         self.source = source
         #: every tensor of the file, kept for an elastic artifact only (it can be resized and saved:
         #: :meth:`shrink`, :meth:`grow`, :meth:`save`); ``None`` for other kinds, whose scorers keep what they need
@@ -304,6 +316,8 @@ class DeviceModel:
         best_ids, best_scores = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         if k == 0:
             return best_ids, best_scores
+        if hasattr(self.table, "top_k"):  # fast-scan: its own exact top-k
+            return self.table.top_k(query, k, exclude)
         excluded = np.unique(np.asarray(exclude, dtype=np.int64))
         for start, block in self.query_score_blocks(query):
             block = block.copy() if start == 0 or len(excluded) else block
@@ -449,13 +463,15 @@ def _first_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, n
     return ids[finite], scores[finite]
 
 
-def load(path: str | Path, key: bytes | None = None) -> DeviceModel:
+def load(path: str | Path, key: bytes | None = None, fast_scan: bool = False) -> DeviceModel:
     """Load and verify a device artifact (see the module docstring); raises :class:`ArtifactError`.
 
-    With ``key`` the artifact must also carry a signature made with that key.
+    With ``key`` the artifact must also carry a signature made with that key. With ``fast_scan`` a 4-bit codebook
+    table ranks on FAISS's fast-scan kernels (:mod:`pocketrec.device.np_fastscan`; the ``faiss`` extra), with the
+    same ranks; other tables and cosine models are refused.
     """
     tensors, manifest = read_artifact(path, key)
-    return DeviceModel(tensors, manifest, source=str(path))
+    return DeviceModel(tensors, manifest, source=str(path), fast_scan=fast_scan)
 
 
 class OnnxModel:

@@ -30,3 +30,19 @@ def dequantized_codebooks(arrays: dict[str, np.ndarray], dtype: str) -> np.ndarr
     if scales.shape != books.shape[:2]:
         raise ValueError(f"codebook_scales have shape {scales.shape}, expected {books.shape[:2]}")
     return books.astype(np.float32) * scales[..., None]
+
+
+#: the largest lookup table of a group of codebooks, in entries (float32: 4 bytes each); see :func:`lut_groups`
+MAX_GROUP_LUT = 65536
+
+
+def lut_groups(M: int, K: int, num_items: int, max_lut: int) -> list[list[int]]:
+    """Codebooks ``0..M-1`` cut into consecutive groups of ``g``, the largest ``g`` with ``K**g <= max_lut`` (and
+    ``K**g`` no more than the catalogue, since a group's lookup table larger than the catalogue costs more to build
+    than it saves): scoring sums one lookup per *group* (the outer sum of its members' tables) instead of one per
+    codebook. The numpy scorer and the ONNX graph group alike."""
+    size = 1
+    cap = min(int(max_lut), max(int(K), int(num_items)))
+    while size < M and K ** (size + 1) <= cap:
+        size += 1
+    return [list(range(start, min(start + size, M))) for start in range(0, M, size)]

@@ -18,17 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pocketrec.extras import require
+from pocketrec.extras import load_faiss
+from pocketrec.formats.bitpack import from_faiss_bitstrings
 from pocketrec.quantize.base import Quantizer
-
-FAISS_HINT = "FAISS quantizers need the faiss extra: pip install 'pocketrec[faiss]' (faiss-cpu)"
-
-
-def _faiss():
-    require(("faiss",), FAISS_HINT)
-    import faiss
-
-    return faiss
 
 
 def nbits_of(K: int) -> int:
@@ -36,13 +28,6 @@ def nbits_of(K: int) -> int:
     if 1 << bits != K:
         raise ValueError(f"FAISS quantizers need K a power of two, got {K}")
     return bits
-
-
-def unpack_codes(packed: np.ndarray, M: int, nbits: int) -> np.ndarray:
-    """FAISS's bit strings ``(n, code_size)`` uint8 (code ``m`` at bits ``m*nbits ...``, least significant bit
-    first) -> ``(n, M)`` int64."""
-    bits = np.unpackbits(packed, axis=1, bitorder="little")[:, :M * nbits].reshape(len(packed), M, nbits)
-    return (bits.astype(np.int64) << np.arange(nbits)).sum(-1)
 
 
 class FaissAdditive(Quantizer):
@@ -55,7 +40,7 @@ class FaissAdditive(Quantizer):
         self.name, self.prefix = f"faiss-{kind}", kind.upper()
 
     def _fit(self, x: np.ndarray, M: int, K: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        faiss = _faiss()
+        faiss = load_faiss()
         n, d = x.shape
         nbits = nbits_of(K)
         if self.kind == "rq":
@@ -79,7 +64,7 @@ class FaissAdditive(Quantizer):
         if hasattr(q, "verbose"):
             q.verbose = False
         q.train(x)
-        codes = unpack_codes(q.compute_codes(x), M, nbits)
+        codes = from_faiss_bitstrings(q.compute_codes(x), M, nbits)
         flat = faiss.vector_to_array(q.codebooks)
         if self.kind != "prq":
             return flat.reshape(M, K, d), codes
@@ -100,7 +85,7 @@ class FaissProduct(Quantizer):
         self.iters = int(iters)
 
     def _fit(self, x: np.ndarray, M: int, K: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        faiss = _faiss()
+        faiss = load_faiss()
         n, d = x.shape
         if M > d:
             raise ValueError(f"product quantisation needs M <= dim, got M={M}, dim={d}")

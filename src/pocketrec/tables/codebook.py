@@ -384,6 +384,13 @@ class CodebookTable(ItemTable):
                        "bitpack": self.bitpack, "code_bits": self.code_bits, "code_rows": "items_1_to_n"}
         return arrays, description
 
+    def fast_scan(self, threads: int = 1) -> Any:
+        """This table's exact top-k on FAISS fast-scan (:class:`~pocketrec.device.np_fastscan.FastScanScorer`,
+        numpy queries; ``K = 16`` only, the ``faiss`` extra), e.g. for a server ranking many queries."""
+        from pocketrec.device.np_fastscan import FastScanScorer
+
+        return FastScanScorer(*self.export(), threads=threads)
+
     @classmethod
     def from_description(cls, description: dict[str, Any]) -> CodebookTable:
         """An untrained table (random codes from seed 0) of the structure ``description`` names."""
