@@ -203,11 +203,12 @@ class CodebookScorer(NumpyTable):
     """Compositional codes (:mod:`pocketrec.tables.codebook`): ``e_i = sum_m A[m, c_i^m]``.
 
     Scoring builds the lookup tables ``LUT[m] = A[m] @ q`` (``M*K*dim`` multiply-adds) and sums gathered
-    entries per item. Codebooks are *grouped* ``g`` at a time (the largest ``g`` with ``K**g <= min(32768, n)``):
-    a group's lookup table is the outer sum of its members' (``K**g`` adds, at most 128 KiB, cache
-    resident) and its items' codes are combined at load into one uint16 index, so a score costs
-    ``ceil(M / g)`` gathers per item instead of ``M`` (Tmall's M = 7, K = 32: 3 instead of 7). The
-    grouped codes take ``2 * ceil(M / g)`` bytes per item in memory, about what uint8 codes would.
+    entries per item. Codebooks are *grouped* ``g`` at a time (:func:`~pocketrec.formats.table_arrays.lut_groups`:
+    the largest ``g`` with ``K**g <= min(MAX_GROUP_LUT, n)``, 65,536 entries): a group's lookup table is the outer
+    sum of its members' (``K**g`` adds, at most 256 KiB, L2 resident) and its items' codes are combined at load
+    into one uint16 index, so a score costs ``ceil(M / g)`` gathers per item instead of ``M`` (Tmall's M = 7,
+    K = 32: 3 instead of 7; 4-bit codes: 4 codebooks a gather). The grouped codes take ``2 * ceil(M / g)`` bytes
+    per item in memory, about what uint8 codes would. ``max_group_lut`` overrides the cap (benchmarks).
     """
 
     MAX_GROUP_LUT = MAX_GROUP_LUT

@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -318,17 +318,7 @@ class DeviceModel:
             return best_ids, best_scores
         if hasattr(self.table, "top_k"):  # fast-scan: its own exact top-k
             return self.table.top_k(query, k, exclude)
-        excluded = np.unique(np.asarray(exclude, dtype=np.int64))
-        for start, block in self.query_score_blocks(query):
-            block = block.copy() if start == 0 or len(excluded) else block
-            if start == 0:
-                block[0] = -np.inf
-            hit = excluded[(excluded >= start) & (excluded < start + len(block))]
-            block[hit - start] = -np.inf
-            block_ids, block_scores = _first_k(np.arange(start, start + len(block)), block, k)
-            best_ids, best_scores = _first_k(np.concatenate([best_ids, block_ids]),
-                                             np.concatenate([best_scores, block_scores]), k)
-        return best_ids, best_scores
+        return stream_top_k(self.query_score_blocks(query), k, exclude)
 
     @property
     def num_rows(self) -> int:
@@ -449,6 +439,30 @@ class RawIds:
             except ValueError:
                 out.append(None)
         return out
+
+
+def stream_top_k(blocks: Iterable[tuple[int, np.ndarray]], k: int, exclude: Sequence[int] | np.ndarray = ()
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and scores of the ``k`` best of ``(start, scores)`` blocks over ids ``0..``, ties by smaller id, never id 0
+    (padding) nor ``exclude``. Once ``k`` are held, a block contributes only the scores that reach the ``k``-th best
+    so far (one comparison per item; a partial sort of the few that pass), so the cost is about one pass."""
+    best_ids, best_scores = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    excluded = np.unique(np.asarray(exclude, dtype=np.int64))
+    for start, block in blocks:
+        block = block.copy() if start == 0 or len(excluded) else block
+        if start == 0:
+            block[0] = -np.inf
+        hit = excluded[(excluded >= start) & (excluded < start + len(block))]
+        block[hit - start] = -np.inf
+        if len(best_scores) == k:  # only what can enter the list
+            passed = np.flatnonzero(block >= best_scores[-1])
+            block_ids, block_scores = passed + start, block[passed]
+        else:
+            block_ids, block_scores = np.arange(start, start + len(block)), block
+        block_ids, block_scores = _first_k(block_ids, block_scores, k)
+        best_ids, best_scores = _first_k(np.concatenate([best_ids, block_ids]),
+                                         np.concatenate([best_scores, block_scores]), k)
+    return best_ids, best_scores
 
 
 def _first_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
