@@ -9,7 +9,7 @@ depend on training). Each runtime returns the top ``--k`` items of the whole cat
   (as it was before: 3 codebooks of 16 a group);
 * ``numpy``: the scorer as shipped (:data:`~pocketrec.formats.table_arrays.MAX_GROUP_LUT` entries: 4 of 16);
 
-these three rank as the runtime does (:func:`~pocketrec.device.runtime.stream_top_k`, block by block);
+these three rank as the runtime does (:func:`~pocketrec.device.np_tables.stream_top_k`, block by block);
 * ``fast-scan``: :class:`~pocketrec.device.np_fastscan.FastScanScorer`, FAISS's 4-bit kernels plus the exact re-rank
   (same ranks as the numpy scorer);
 * ``onnxruntime``: the table's ONNX scoring graph (:func:`~pocketrec.device.onnx_export.table_query_model`,
@@ -36,8 +36,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from common import command_line, print_table, write_rows  # noqa: E402
-from pocketrec.device.np_tables import CodebookScorer, DenseScorer  # noqa: E402
-from pocketrec.device.runtime import stream_top_k  # noqa: E402
+from pocketrec.device.np_tables import CodebookScorer, DenseScorer, stream_top_k  # noqa: E402
 from pocketrec.formats.bitpack import pack_codes  # noqa: E402
 from pocketrec.methods.eodrec import DEFAULT_DTYPE  # noqa: E402
 from pocketrec.tables.codebook import CodebookTable  # noqa: E402

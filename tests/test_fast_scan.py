@@ -40,7 +40,7 @@ def reference_top(scorer: CodebookScorer, query: np.ndarray, k: int, exclude=())
     return np.lexsort((np.arange(len(scores)), -scores))[:k]
 
 
-@pytest.mark.parametrize("n,d,M,scale", [(40_000, 32, 8, 1.0), (20_001, 16, 3, 5.0), (5_000, 64, 12, 0.1)])
+@pytest.mark.parametrize("n,d,M,scale", [(40_000, 32, 8, 1.0), (20_001, 16, 3, 5.0), (30_000, 64, 13, 0.1)])
 def test_fast_scan_top_k_is_the_reference_top_k(n, d, M, scale):
     arrays, description = codebook_arrays(n, d, M, scale=scale)
     fast, ref = FastScanScorer(arrays, description), CodebookScorer(arrays, description)
@@ -59,24 +59,58 @@ def test_fast_scan_top_k_is_the_reference_top_k(n, d, M, scale):
             ids, scores = fast.top_k(query, k, exclude)
             expected = reference_top(ref, query, k, exclude)
             assert np.array_equal(ids, expected)
-            np.testing.assert_allclose(scores, ref.score(query)[expected], rtol=1e-5, atol=1e-5)
+            assert np.array_equal(scores, ref.score(query)[expected])  # the scorer's own sums, to the bit
     assert 0 < worst <= 1.0
 
 
 def test_the_candidate_list_widens_until_the_bound_proves_the_top_k(monkeypatch):
-    """Near-ties (a tiny spread of scores) with a tiny first fetch: the check must refuse it and fetch more."""
-    arrays, description = codebook_arrays(8_000, 16, 4, scale=1.0)
+    """Near-ties (a tiny spread of scores) with a tiny first fetch: the check must refuse it and fetch more, and
+    past a sixteenth of the catalogue the numpy scorer ranks instead; the answer is exact either way."""
+    arrays, description = codebook_arrays(80_000, 16, 4, scale=1.0)
     arrays["codebooks"] *= 1e-3  # the scores nearly flat, but one big codeword sets the LUTs' 8-bit step: the
-    arrays["codebooks"][0, 0] = 10.0  # ~500 items holding it are all within FAISS's error of each other
+    arrays["codebooks"][0, 0] = 10.0  # ~5,000 items holding it are all within FAISS's error of each other
     fast, ref = FastScanScorer(arrays, description), CodebookScorer(arrays, description)
     searched = []
     original = fast.index.search
-    monkeypatch.setattr(np_fastscan, "_MIN_FETCH", 1)
     fast.index = type("Spy", (), {"search": lambda self, q, k: searched.append(k) or original(q, k)})()
+    monkeypatch.setattr(np_fastscan, "_MIN_FETCH", 1)
     query = np.ones(16, dtype=np.float32)
-    ids, _ = fast.top_k(query, 5)
-    assert np.array_equal(ids, reference_top(ref, query, 5))
-    assert len(searched) > 1 and searched == sorted(searched)
+    ids, scores = fast.top_k(query, 1)
+    assert np.array_equal(ids, reference_top(ref, query, 1))
+    assert searched == [4, 16, 64, 256, 1024, 4096]  # widened 4x a round, then the numpy scorer (5,000 > n / 16)
+
+
+def test_flat_queries_exclusions_and_small_catalogues_stay_exact():
+    arrays, description = codebook_arrays(40_000, 8, 4)
+    fast, ref = FastScanScorer(arrays, description), CodebookScorer(arrays, description)
+    zero = np.zeros(8, dtype=np.float32)  # every score ties at 0: FAISS's scale is undefined
+    ids, scores = fast.top_k(zero, 5)
+    assert ids.tolist() == [1, 2, 3, 4, 5] and not scores.any()
+    query = np.random.default_rng(3).standard_normal(8).astype(np.float32)
+    everything_but_three = np.arange(4, 40_001)
+    ids, _ = fast.top_k(query, 10, everything_but_three)  # fewer than k left
+    assert sorted(ids.tolist()) == [1, 2, 3]
+    ids, _ = fast.top_k(query, 10**6)  # k beyond the catalogue
+    assert len(ids) == 40_000 and np.array_equal(ids, reference_top(ref, query, 40_000))
+    tiny_arrays, tiny = codebook_arrays(50, 8, 3)
+    small = FastScanScorer(tiny_arrays, tiny)
+    assert np.array_equal(small.top_k(query, 7)[0], reference_top(CodebookScorer(tiny_arrays, tiny), query, 7))
+
+
+def test_fast_scan_refuses_more_codebooks_than_its_counters_hold():
+    from pocketrec.device.np_fastscan import check_fast_scan
+
+    check_fast_scan({"kind": "codebook", "K": 16, "M": 256})
+    with pytest.raises(ValueError, match="at most 256 codebooks"):
+        check_fast_scan({"kind": "codebook", "K": 16, "M": 300})
+
+
+def test_stream_top_k_of_nothing_is_nothing():
+    from pocketrec.device.np_tables import stream_top_k
+
+    blocks = [(0, np.array([0.0, 3.0, 1.0], np.float32))]
+    assert stream_top_k(iter(blocks), 0)[0].size == 0
+    assert stream_top_k(iter(blocks), 5)[0].tolist() == [1, 2]
 
 
 def session_model(num_items: int, K: int = 16, normalize: bool = False) -> SessionRecommender:
@@ -122,7 +156,8 @@ def test_fast_scan_refuses_what_it_cannot_rank(tmp_path, monkeypatch):
 def test_grouped_lookup_tables_score_as_the_plain_sum(max_lut):
     arrays, description = codebook_arrays(70_000, 8, 7, K=16)
     scorer = CodebookScorer(arrays, description, max_group_lut=max_lut)
-    assert [len(g) for g in scorer.groups] == [len(g) for g in lut_groups(7, 16, 70_000, max_lut)]
+    assert [len(g) for g in scorer.groups] == {16: [1] * 7, 256: [2, 2, 2, 1], 4096: [3, 3, 1],
+                                               65536: [4, 3]}[max_lut]
     query = np.random.default_rng(2).standard_normal(8).astype(np.float32)
     codes = arrays["codes"].reshape(-1, 7).astype(np.int64)
     plain = (arrays["codebooks"] @ query)[np.arange(7), codes].sum(1)

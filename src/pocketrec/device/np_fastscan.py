@@ -7,14 +7,20 @@ registers, reading the codes at close to memory bandwidth. Its lookup tables are
 ``0.5 / a`` and a score by at most ``M * max_span / 510``. :class:`FastScanScorer` turns that into exact ranks:
 
 1. ask FAISS for the best ``fetch`` items by its approximate score (``fetch`` a few times ``k``);
-2. score those candidates exactly (float32 sums of the codebooks' lookup tables, as the reference scorer);
+2. score those candidates exactly, with the numpy scorer's own grouped lookup tables (the same float32 sums, so
+   the same scores to the bit);
 3. if the ``k``-th exact score is at least the last candidate's approximate score plus the error bound (taken
-   twice over, for safety), no item left out can beat it: done; else fetch 4x more and repeat (at worst the
-   whole catalogue).
+   twice over, for safety), no item left out can beat it: done; else fetch 4x more and repeat. Past a sixteenth
+   of the catalogue (many near-ties), or for a query whose lookup tables are flat (FAISS's scale is then
+   undefined), it ranks with the numpy scorer instead: one exact pass.
 
-The ranks are then those of :class:`~pocketrec.device.np_tables.CodebookScorer` (ties aside: the two sum the same
-float32 values in a different order). Only inner-product ranking fits: a cosine model divides each score by its
-row's norm, which the kernel cannot, so :class:`~pocketrec.device.runtime.DeviceModel` refuses the combination.
+So the ranks are those of :class:`~pocketrec.device.np_tables.CodebookScorer`, ties by smaller id. Only
+inner-product ranking fits: a cosine model divides each score by its row's norm, which the kernel cannot, so
+:class:`~pocketrec.device.runtime.DeviceModel` refuses the combination. FAISS adds the 8-bit entries in 16-bit
+counters, so at most 257 codebooks (``255 * M < 65536``); more are refused.
+
+Memory: FAISS's copy of the codes (``M / 2`` bytes per item) besides the scorer's grouped codes; one query at a
+time on the caller's thread (FAISS uses one thread for one query).
 """
 
 from __future__ import annotations
@@ -24,45 +30,54 @@ from typing import Any
 
 import numpy as np
 
-from pocketrec.device.np_tables import CodebookScorer
+from pocketrec.device.np_tables import CodebookScorer, stream_top_k
 from pocketrec.extras import load_faiss
-from pocketrec.formats.bitpack import faiss_bitstrings
 
 FAST_SCAN_K = 16
+MAX_FAST_SCAN_CODEBOOKS = 256  # 255 * M must fit FAISS's 16-bit accumulators
 _MIN_FETCH = 64
+_FALLBACK_SHARE = 16  # fetching more than 1/16 of the catalogue: rank with the numpy scorer instead
 
 
 def check_fast_scan(description: dict[str, Any]) -> None:
-    """``ValueError`` (one line) unless the table described can be fast-scanned: a codebook table with ``K = 16``."""
-    kind, K = description.get("kind"), description.get("K")
+    """``ValueError`` (one line) unless the table described can be fast-scanned: a codebook table with ``K = 16``
+    and at most 256 codebooks."""
+    kind, K, M = description.get("kind"), description.get("K"), description.get("M")
     if kind != "codebook":
         raise ValueError(f"fast-scan scores codebook tables, not {kind!r} ones")
     if int(K) != FAST_SCAN_K:
         raise ValueError(f"fast-scan needs 4-bit codes (K = 16); this table has K = {K} "
                          f"(build it with --K=16 to use fast-scan)")
+    if int(M) > MAX_FAST_SCAN_CODEBOOKS:
+        raise ValueError(f"fast-scan sums at most {MAX_FAST_SCAN_CODEBOOKS} codebooks in 16 bits; this table has "
+                         f"M = {M}")
 
 
 class FastScanScorer(CodebookScorer):
     """A :class:`CodebookScorer` (same arrays, same ``rows``/``score_blocks``) with an exact :meth:`top_k` on
-    FAISS fast-scan. Holds FAISS's copy of the codes too (``M / 2`` bytes per item) besides the scorer's."""
+    FAISS fast-scan."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], description: dict[str, Any], threads: int = 1) -> None:
+    def __init__(self, arrays: dict[str, np.ndarray], description: dict[str, Any]) -> None:
         check_fast_scan(description)
         faiss = load_faiss()
         super().__init__(arrays, description)
-        faiss.omp_set_num_threads(int(threads))
         base = faiss.IndexResidualQuantizer(self.dim, self.M, 4, faiss.METRIC_INNER_PRODUCT,
                                             faiss.AdditiveQuantizer.ST_LUT_nonorm)
         faiss.copy_array_to_vector(self.codebooks.ravel(), base.rq.codebooks)
         base.rq.is_trained = base.is_trained = True
-        packed = np.empty((self.num_items, base.code_size), dtype=np.uint8)
+        base.codes.resize(self.num_items * base.code_size)
+        packed = faiss.rev_swig_ptr(base.codes.data(), self.num_items * base.code_size).reshape(
+            self.num_items, base.code_size)  # written in place, a chunk at a time
         for start, codes in self._code_chunks(arrays["codes"], description):
-            packed[start:start + len(codes)] = faiss_bitstrings(codes, 4)
-        faiss.copy_array_to_vector(packed.ravel(), base.codes)
+            packed[start:start + len(codes)] = faiss_nibbles(codes)
         base.ntotal = self.num_items
         self.index = faiss.IndexAdditiveQuantizerFastScan(base)
-        self._base = base  # the fast-scan index points at base's quantizer: keep it alive (else a segfault)
-        base.reset()  # its codes were copied into the fast-scan layout
+        # the fast-scan index points at base's quantizer: keep base alive (else a segfault). Its codes were copied
+        # into the fast-scan layout and are freed; FAISS keeps a pointer to them (orig_codes) that only the
+        # search implementations 2-4 read, chosen only when ``index.implem`` is set by hand: never here
+        self._base = base
+        del packed
+        base.reset()
 
     def error_bound(self, per_book: np.ndarray) -> float:
         """Twice FAISS's worst error of one approximate score for per-codebook lookup tables ``(M, K)``."""
@@ -73,25 +88,37 @@ class FastScanScorer(CodebookScorer):
               ) -> tuple[np.ndarray, np.ndarray]:
         """Internal ids (``1..n``) and exact scores of the ``k`` best items, score descending then id ascending,
         never one of ``exclude``."""
-        query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dim)
-        per_book = self.codebooks @ query[0]  # (M, K)
-        bound = self.error_bound(per_book)
-        excluded = np.unique(np.asarray(exclude, dtype=np.int64))
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(self.dim)
         k = min(int(k), self.num_items)
-        if k <= 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        fetch = min(self.num_items, max(4 * (k + len(excluded)), _MIN_FETCH))
-        while True:
-            approx, found = (a[0] for a in self.index.search(query, fetch))
-            approx, found = approx[found >= 0], found[found >= 0]
+        excluded = np.unique(np.asarray(exclude, dtype=np.int64))
+        per_book = self.codebooks @ query  # (M, K)
+        if k <= 0 or not np.isfinite(per_book).all() or float((per_book.max(1) - per_book.min(1)).max()) == 0.0:
+            return stream_top_k(self.score_blocks(query), k, excluded)  # flat tables: FAISS's scale is undefined
+        bound = self.error_bound(per_book)
+        tables = self.lookup_tables(query)
+        fetch = max(4 * (k + len(excluded)), _MIN_FETCH)
+        while fetch <= self.num_items // _FALLBACK_SHARE:
+            approx, found = (a[0] for a in self.index.search(query[None], fetch))
+            if not np.isfinite(approx).all() or (found < 0).any():
+                break
+            exact = np.zeros(len(found), dtype=np.float32)  # the scorer's own sums (score_blocks), bit for bit
+            for g, (lut, combined) in enumerate(zip(tables, self.group_codes, strict=True)):
+                exact = lut.take(combined[found]) if g == 0 else exact + lut.take(combined[found])
             ids = found + 1
-            exact = np.zeros(len(ids), dtype=np.float32)
-            for m, codes in enumerate(self._codes(found)):
-                exact += per_book[m][codes]
             keep = ~np.isin(ids, excluded)
             order = np.lexsort((ids[keep], -exact[keep]))[:k]
             ids, exact = ids[keep][order], exact[keep][order]
-            # an item not fetched scores at most approx[-1] + bound: below the k-th, or tied with it
-            if fetch >= self.num_items or (len(ids) == k and exact[-1] >= approx[-1] + bound):
+            # an item not fetched scores at most approx[-1] + bound / 2: below the k-th
+            if len(ids) == k and exact[-1] >= approx[-1] + bound:
                 return ids, exact
-            fetch = min(self.num_items, 4 * fetch)
+            fetch *= 4
+        return stream_top_k(self.score_blocks(query), k, excluded)
+
+
+def faiss_nibbles(codes: np.ndarray) -> np.ndarray:
+    """``(n, M)`` 4-bit codes as FAISS's bit strings ``(n, ceil(M / 2))`` uint8: code ``2j`` in the low nibble of
+    byte ``j``, code ``2j + 1`` in the high one (:func:`~pocketrec.formats.bitpack.faiss_bitstrings` for 4 bits)."""
+    codes = np.asarray(codes, dtype=np.uint8)
+    if codes.shape[1] % 2:
+        codes = np.concatenate([codes, np.zeros((len(codes), 1), np.uint8)], axis=1)
+    return codes[:, 0::2] | (codes[:, 1::2] << 4)

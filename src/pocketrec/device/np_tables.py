@@ -9,7 +9,7 @@ the artifact's ``table/`` arrays (names without the prefix) and the description,
 * ``score_blocks(query)``: ``(start, scores)`` for consecutive blocks of ids covering ``0..num_items``, the
   float32 scores of one ``(dim,)`` query, using the table's own fast path a block at a time (so ranking
   never needs the whole catalogue's scores at once); entry 0 (padding) is meaningless and never ranked;
-  ``score(query)`` concatenates them;
+  ``score(query)`` concatenates them, and :func:`stream_top_k` ranks them a block at a time;
 * ``row_norms()``: ``(num_items + 1,)`` float32 L2 norms of the rows (entry 0 set to 1), computed in chunks.
 
 Each mirrors its torch table exactly (same formulas, float32 arithmetic).
@@ -18,7 +18,7 @@ Each mirrors its torch table exactly (same formulas, float32 arithmetic).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -446,6 +446,44 @@ class ElasticScorer(NumpyTable):
             else:
                 out[at[:, None], kept[None, :]] = blocks
         return out.reshape(ids.size, self.dim)
+
+
+def stream_top_k(blocks: Iterable[tuple[int, np.ndarray]], k: int, exclude: Sequence[int] | np.ndarray = ()
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and scores of the ``k`` best of ``(start, scores)`` blocks over ids ``0..``, ties by smaller id, never id 0
+    (padding) nor ``exclude``. Once ``k`` are held, a block contributes only the scores that reach the ``k``-th best
+    so far (one comparison per item; a partial sort of the few that pass), so the cost is about one pass."""
+    best_ids, best_scores = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    if int(k) <= 0:
+        return best_ids, best_scores
+    excluded = np.unique(np.asarray(exclude, dtype=np.int64))
+    for start, block in blocks:
+        block = block.copy() if start == 0 or len(excluded) else block
+        if start == 0:
+            block[0] = -np.inf
+        hit = excluded[(excluded >= start) & (excluded < start + len(block))]
+        block[hit - start] = -np.inf
+        if len(best_scores) == k:  # only what can enter the list
+            passed = np.flatnonzero(block >= best_scores[-1])
+            block_ids, block_scores = passed + start, block[passed]
+        else:
+            block_ids, block_scores = np.arange(start, start + len(block)), block
+        block_ids, block_scores = _first_k(block_ids, block_scores, k)
+        best_ids, best_scores = _first_k(np.concatenate([best_ids, block_ids]),
+                                         np.concatenate([best_scores, block_scores]), k)
+    return best_ids, best_scores
+
+
+def _first_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` of ``(ids, scores)`` in the order (score descending, id ascending), finite only."""
+    if len(scores) > k:
+        kth = -np.partition(-scores, k - 1)[k - 1]  # the k-th best score; keep everything tied with it
+        keep = scores >= kth
+        ids, scores = ids[keep], scores[keep]
+    order = np.lexsort((ids, -scores))[:k]
+    ids, scores = ids[order], scores[order]
+    finite = np.isfinite(scores)
+    return ids[finite], scores[finite]
 
 
 def make_scorer(arrays: dict[str, np.ndarray], description: dict[str, Any]) -> NumpyTable:

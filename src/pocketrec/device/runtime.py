@@ -32,16 +32,17 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pocketrec.device.np_encoder import NumpyEncoder
-from pocketrec.device.np_tables import NumpyTable, make_scorer
+from pocketrec.device.np_tables import NumpyTable, make_scorer, stream_top_k
 from pocketrec.device.np_users import UserVectors
 from pocketrec.device.signing import signature_matches
+from pocketrec.extras import MissingExtraError
 
 FORMAT = "pocketrec-device"
 #: Tensor of the item-row norms in artifacts of cosine-scoring models.
@@ -184,11 +185,14 @@ class DeviceModel:
         self.encoder: NumpyEncoder | None = None
         self.users: UserVectors | None = None
         try:
-            self.table: NumpyTable = make_scorer(table_arrays, self.table_description)
+            self.table: NumpyTable = (fast_scan_scorer(table_arrays, self.table_description) if fast_scan
+                                      else make_scorer(table_arrays, self.table_description))
             if self.device_query == USER_QUERY:
                 self.users = UserVectors(tensors, manifest, self.num_items)
             else:
                 self.encoder = NumpyEncoder({k: v for k, v in enc_arrays.items()}, self.encoder_config)
+        except MissingExtraError:
+            raise
         except (ValueError, KeyError, TypeError) as err:
             raise ArtifactError(f"{source}: {err}") from None
         query_dim = self.users.dim if self.users is not None else self.encoder.dim
@@ -202,17 +206,10 @@ class DeviceModel:
             self.norms = tensors[NORMS] if NORMS in tensors else self.table.row_norms()  # fp16 stays fp16
             if self.norms.shape != (self.num_rows,):
                 raise ArtifactError(f"{source}: {NORMS} has shape {self.norms.shape}, expected ({self.num_rows},)")
-        if fast_scan:  # exact top-k on FAISS's 4-bit kernels (np_fastscan): inner-product codebook tables only
-            from pocketrec.device.np_fastscan import FastScanScorer, check_fast_scan
-
-            try:
-                check_fast_scan(self.table_description)
-            except ValueError as err:
-                raise ArtifactError(f"{source}: {err}") from None
-            if self.norms is not None:
-                raise ArtifactError(f"{source}: fast-scan ranks by inner product, and this model scores by cosine "
-                                    "(normalize=True): load it without fast_scan")
-            self.table = FastScanScorer(table_arrays, self.table_description)
+        if fast_scan and self.norms is not None:
+            raise ArtifactError(f"{source}: fast-scan ranks by inner product, and this model scores by cosine (a "
+                                "session model with normalize=True, the default): load it without fast_scan, or "
+                                "train its teacher with --encoder.normalize=false")
         self.source = source
         #: every tensor of the file, kept for an elastic artifact only (it can be resized and saved:
         #: :meth:`shrink`, :meth:`grow`, :meth:`save`); ``None`` for other kinds, whose scorers keep what they need
@@ -441,40 +438,13 @@ class RawIds:
         return out
 
 
-def stream_top_k(blocks: Iterable[tuple[int, np.ndarray]], k: int, exclude: Sequence[int] | np.ndarray = ()
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Ids and scores of the ``k`` best of ``(start, scores)`` blocks over ids ``0..``, ties by smaller id, never id 0
-    (padding) nor ``exclude``. Once ``k`` are held, a block contributes only the scores that reach the ``k``-th best
-    so far (one comparison per item; a partial sort of the few that pass), so the cost is about one pass."""
-    best_ids, best_scores = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    excluded = np.unique(np.asarray(exclude, dtype=np.int64))
-    for start, block in blocks:
-        block = block.copy() if start == 0 or len(excluded) else block
-        if start == 0:
-            block[0] = -np.inf
-        hit = excluded[(excluded >= start) & (excluded < start + len(block))]
-        block[hit - start] = -np.inf
-        if len(best_scores) == k:  # only what can enter the list
-            passed = np.flatnonzero(block >= best_scores[-1])
-            block_ids, block_scores = passed + start, block[passed]
-        else:
-            block_ids, block_scores = np.arange(start, start + len(block)), block
-        block_ids, block_scores = _first_k(block_ids, block_scores, k)
-        best_ids, best_scores = _first_k(np.concatenate([best_ids, block_ids]),
-                                         np.concatenate([best_scores, block_scores]), k)
-    return best_ids, best_scores
+def fast_scan_scorer(arrays: dict[str, np.ndarray], description: dict[str, Any]) -> NumpyTable:
+    """The fast-scan scorer of a 4-bit codebook table (:mod:`pocketrec.device.np_fastscan`, imported only here: the
+    runtime needs FAISS only when asked for fast-scan)."""
+    from pocketrec.device.np_fastscan import FastScanScorer, check_fast_scan
 
-
-def _first_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``k`` of ``(ids, scores)`` in the order (score descending, id ascending), finite only."""
-    if len(scores) > k:
-        kth = -np.partition(-scores, k - 1)[k - 1]  # the k-th best score; keep everything tied with it
-        keep = scores >= kth
-        ids, scores = ids[keep], scores[keep]
-    order = np.lexsort((ids, -scores))[:k]
-    ids, scores = ids[order], scores[order]
-    finite = np.isfinite(scores)
-    return ids[finite], scores[finite]
+    check_fast_scan(description)
+    return FastScanScorer(arrays, description)
 
 
 def load(path: str | Path, key: bytes | None = None, fast_scan: bool = False) -> DeviceModel:
