@@ -7,8 +7,8 @@ registers, reading the codes at close to memory bandwidth. Its lookup tables are
 ``0.5 / a`` and a score by at most ``M * max_span / 510``. :class:`FastScanScorer` turns that into exact ranks:
 
 1. ask FAISS for the best ``fetch`` items by its approximate score (``fetch`` a few times ``k``);
-2. score those candidates exactly, with the numpy scorer's own grouped lookup tables (the same float32 sums, so
-   the same scores to the bit);
+2. score those candidates exactly, adding their codewords' ``q . A[m, c]`` in the numpy scorer's order (its grouped
+   lookup tables' float32 additions, without building the tables), so the same scores to the bit;
 3. if the ``k``-th exact score is at least the last candidate's approximate score plus the error bound (taken
    twice over, for safety), no item left out can beat it: done; else fetch 4x more and repeat. Past a sixteenth
    of the catalogue (many near-ties), or for a query whose lookup tables are flat (FAISS's scale is then
@@ -84,6 +84,20 @@ class FastScanScorer(CodebookScorer):
         span = float((per_book.max(1) - per_book.min(1)).max())
         return 2.0 * self.M * span / 510.0 + 1e-6 * float(np.abs(per_book).max(1).sum())
 
+    def _exact(self, per_book: np.ndarray, found: np.ndarray) -> np.ndarray:
+        """Scores of items ``found + 1`` as :meth:`score_blocks` computes them, bit for bit, without building the
+        groups' lookup tables: each group's entry is its codebooks' ``per_book`` values added in the outer sum's
+        order, then the groups are added in order (the same float32 additions)."""
+        codes = self._codes(found)
+        exact: np.ndarray | None = None
+        for group in self.groups:
+            value = per_book[group[0]][codes[group[0]]]
+            for m in group[1:]:
+                value = value + per_book[m][codes[m]]
+            exact = value if exact is None else exact + value
+        assert exact is not None
+        return exact
+
     def top_k(self, query: np.ndarray, k: int, exclude: Sequence[int] | np.ndarray = ()
               ) -> tuple[np.ndarray, np.ndarray]:
         """Internal ids (``1..n``) and exact scores of the ``k`` best items, score descending then id ascending,
@@ -95,15 +109,12 @@ class FastScanScorer(CodebookScorer):
         if k <= 0 or not np.isfinite(per_book).all() or float((per_book.max(1) - per_book.min(1)).max()) == 0.0:
             return stream_top_k(self.score_blocks(query), k, excluded)  # flat tables: FAISS's scale is undefined
         bound = self.error_bound(per_book)
-        tables = self.lookup_tables(query)
         fetch = max(4 * (k + len(excluded)), _MIN_FETCH)
         while fetch <= self.num_items // _FALLBACK_SHARE:
             approx, found = (a[0] for a in self.index.search(query[None], fetch))
             if not np.isfinite(approx).all() or (found < 0).any():
                 break
-            exact = np.zeros(len(found), dtype=np.float32)  # the scorer's own sums (score_blocks), bit for bit
-            for g, (lut, combined) in enumerate(zip(tables, self.group_codes, strict=True)):
-                exact = lut.take(combined[found]) if g == 0 else exact + lut.take(combined[found])
+            exact = self._exact(per_book, found)
             ids = found + 1
             keep = ~np.isin(ids, excluded)
             order = np.lexsort((ids[keep], -exact[keep]))[:k]
