@@ -191,9 +191,9 @@ def test_the_table_alone_in_onnx_ranks_as_numpy():
         assert np.array_equal(ids[0], expected)
 
 
-def test_a_torch_table_hands_its_codes_to_fast_scan():
+def test_a_torch_table_hands_its_arrays_to_fast_scan():
     table = CodebookTable(3_000, 16, M=5, K=16, bitpack=True, seed=3).eval()
-    fast = table.fast_scan()
+    fast = FastScanScorer(*table.export())  # the torch side hands over its exported arrays
     query = np.random.default_rng(0).standard_normal(16).astype(np.float32)
     with torch.no_grad():
         reference = table.score(torch.from_numpy(query)[None])[0].numpy()

@@ -16,7 +16,7 @@ FORBIDDEN = {
 }
 #: the device runtime: numpy only (no torch, nothing of the torch side)
 RUNTIME = ("device/runtime.py", "device/np_tables.py", "device/np_encoder.py", "device/np_users.py",
-           "device/signing.py")
+           "device/np_fastscan.py", "device/signing.py")
 
 
 def imported(path: Path) -> set[str]:
@@ -40,7 +40,8 @@ def test_lower_layers_do_not_import_upper_ones(package):
 
 @pytest.mark.parametrize("module", RUNTIME)
 def test_the_device_runtime_imports_no_torch_side(module):
-    allowed = ("pocketrec.device.np_", "pocketrec.device.signing", "pocketrec.formats")
+    allowed = ("pocketrec.device.np_", "pocketrec.device.signing", "pocketrec.formats",
+               "pocketrec.extras")  # extras: the standard library only
     for name in imported(SRC / module):
         assert not (name == "torch" or name.startswith("torch.")), f"{module} imports {name}"
         if name.startswith("pocketrec."):

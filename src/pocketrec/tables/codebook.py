@@ -384,14 +384,6 @@ class CodebookTable(ItemTable):
                        "bitpack": self.bitpack, "code_bits": self.code_bits, "code_rows": "items_1_to_n"}
         return arrays, description
 
-    def fast_scan(self) -> Any:
-        """This table's exact top-k by inner product on FAISS fast-scan (a numpy
-        :class:`~pocketrec.device.np_fastscan.FastScanScorer`: ``top_k(query, k)``, one query at a time; ``K = 16``
-        only, the ``faiss`` extra). A cosine model ranks by ``score / norm``, which this does not."""
-        from pocketrec.device.np_fastscan import FastScanScorer
-
-        return FastScanScorer(*self.export())
-
     @classmethod
     def from_description(cls, description: dict[str, Any]) -> CodebookTable:
         """An untrained table (random codes from seed 0) of the structure ``description`` names."""
