@@ -105,6 +105,15 @@ def test_fast_scan_refuses_more_codebooks_than_its_counters_hold():
         check_fast_scan({"kind": "codebook", "K": 16, "M": 300})
 
 
+def test_fast_scan_packs_codes_as_faiss_reads_them():
+    from pocketrec.device.np_fastscan import faiss_nibbles
+    from pocketrec.formats.bitpack import from_faiss_bitstrings
+
+    codes = np.random.default_rng(0).integers(0, 16, (50, 7))
+    packed = faiss_nibbles(codes)
+    assert packed.shape == (50, 4) and np.array_equal(from_faiss_bitstrings(packed, 7, 4), codes)
+
+
 def test_stream_top_k_of_nothing_is_nothing():
     from pocketrec.device.np_tables import stream_top_k
 

@@ -128,7 +128,8 @@ class FastScanScorer(CodebookScorer):
 
 def faiss_nibbles(codes: np.ndarray) -> np.ndarray:
     """``(n, M)`` 4-bit codes as FAISS's bit strings ``(n, ceil(M / 2))`` uint8: code ``2j`` in the low nibble of
-    byte ``j``, code ``2j + 1`` in the high one (:func:`~pocketrec.formats.bitpack.faiss_bitstrings` for 4 bits)."""
+    byte ``j``, code ``2j + 1`` in the high one (read back by
+    :func:`~pocketrec.formats.bitpack.from_faiss_bitstrings`)."""
     codes = np.asarray(codes, dtype=np.uint8)
     if codes.shape[1] % 2:
         codes = np.concatenate([codes, np.zeros((len(codes), 1), np.uint8)], axis=1)

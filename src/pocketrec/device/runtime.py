@@ -441,10 +441,9 @@ class RawIds:
 def fast_scan_scorer(arrays: dict[str, np.ndarray], description: dict[str, Any]) -> NumpyTable:
     """The fast-scan scorer of a 4-bit codebook table (:mod:`pocketrec.device.np_fastscan`, imported only here: the
     runtime needs FAISS only when asked for fast-scan)."""
-    from pocketrec.device.np_fastscan import FastScanScorer, check_fast_scan
+    from pocketrec.device.np_fastscan import FastScanScorer
 
-    check_fast_scan(description)
-    return FastScanScorer(arrays, description)
+    return FastScanScorer(arrays, description)  # checks the table (check_fast_scan) before building anything
 
 
 def load(path: str | Path, key: bytes | None = None, fast_scan: bool = False) -> DeviceModel:

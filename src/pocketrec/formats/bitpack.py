@@ -113,17 +113,8 @@ def unpack_int4(packed: np.ndarray, dim: int) -> np.ndarray:
     return signed
 
 
-def faiss_bitstrings(codes: np.ndarray, nbits: int) -> np.ndarray:
-    """``(n, M)`` codes -> FAISS's bit strings ``(n, ceil(M * nbits / 8))`` uint8: code ``m`` at bits
-    ``m*nbits ...`` of its row, least significant bit first (FAISS's ``BitstringWriter``; not this module's
-    layout above)."""
-    codes = np.asarray(codes, dtype=np.int64)
-    n, M = codes.shape
-    bits = ((codes[:, :, None] >> np.arange(nbits)) & 1).astype(np.uint8).reshape(n, M * nbits)
-    return np.packbits(bits, axis=1, bitorder="little")
-
-
 def from_faiss_bitstrings(packed: np.ndarray, M: int, nbits: int) -> np.ndarray:
-    """The inverse of :func:`faiss_bitstrings`: ``(n, code_size)`` uint8 -> ``(n, M)`` int64."""
+    """FAISS's bit strings ``(n, code_size)`` uint8 (code ``m`` at bits ``m*nbits ...`` of its row, least significant
+    bit first: FAISS's ``BitstringWriter``, not this module's layout) -> ``(n, M)`` int64."""
     bits = np.unpackbits(packed, axis=1, bitorder="little")[:, :M * nbits].reshape(len(packed), M, nbits)
     return (bits.astype(np.int64) << np.arange(nbits)).sum(-1)
